@@ -1,0 +1,3 @@
+"""backdoor-arena: attack and defend neural networks against backdoors."""
+
+__version__ = "0.1.0"

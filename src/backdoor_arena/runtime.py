@@ -1,0 +1,45 @@
+"""Process-level settings: CPU threads, library versions, seeded scopes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+
+import torch
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Use all the cores this process may run on (torch defaults to physical cores, often fewer)."""
+    n = threads or available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+
+    from . import __version__
+
+    return {
+        "backdoor_arena": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__, "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator inside the block only (weight init, dropout), then restore it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,147 @@
+"""The seeded training loop: same seed, same weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.dataset import Dataset, DatasetInfo, to_float
+from .errors import ConfigError, IncompatibleError
+from .models import architecture_args, build_model
+from .runtime import seeded, set_threads
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            problems.append(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("progress")
+        return d
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def create_model(architecture: str, info: DatasetInfo, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A freshly initialised model for a dataset; initialisation is seeded."""
+    args = architecture_args(info)
+    with seeded(seed):
+        return build_model(architecture, args), args
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    config: TrainConfig,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    description: str = "train",
+) -> TrainHistory:
+    """Train `model` in place on `train_set`; `evaluate(model)` runs after every epoch.
+
+    Batches are drawn from an explicit generator seeded by `config.seed`; dropout draws from torch's
+    global generator, which is seeded for the duration of the call and restored afterwards.
+    """
+    info = train_set.info
+    with torch.no_grad():
+        try:
+            model.eval()
+            out = model(to_float(train_set.images[:2]))
+        except RuntimeError as exc:
+            raise IncompatibleError(f"the model does not accept {info.name!r} inputs {info.input_shape}: {exc}") from None
+    if out.shape[-1] != info.num_classes:
+        raise IncompatibleError(f"the model has {out.shape[-1]} outputs, dataset {info.name!r} has {info.num_classes} classes")
+    set_threads(config.threads)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    n = len(train_set)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    history = TrainHistory()
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    step = 0
+    with seeded(config.seed), tqdm(total=total, desc=description, disable=not config.progress,
+                                   unit="batch", mininterval=0.5, leave=False) as bar:
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            loss_sum, correct = 0.0, 0
+            epoch_start = time.perf_counter()
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                x, y = to_float(train_set.images[idx]), train_set.labels[idx]
+                if config.schedule == "cosine":
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.argmax(1) == y).sum())
+                step += 1
+                bar.update(1)
+            record = {
+                "epoch": epoch + 1, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+                "epoch_time_s": time.perf_counter() - epoch_start,
+            }
+            if evaluate is not None:
+                record.update(evaluate(model))
+            history.epochs.append(record)
+            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "clean_accuracy")})
+            if not math.isfinite(record["train_loss"]):
+                raise ConfigError(f"training diverged (loss {record['train_loss']}) at epoch {epoch + 1}; lower lr")
+    model.eval()
+    history.wall_time_s = time.perf_counter() - start
+    return history

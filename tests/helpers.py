@@ -1,0 +1,25 @@
+"""Small synthetic datasets and models for fast tests."""
+
+from __future__ import annotations
+
+import torch
+
+from backdoor_arena.data.dataset import Dataset, DatasetInfo
+
+TINY_INFO = DatasetInfo("tiny", 4, (1, 12, 12), ("a", "b", "c", "d"), (0.5,), (0.5,))
+TINY_RGB_INFO = DatasetInfo("tiny-rgb", 3, (3, 16, 16), ("a", "b", "c"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def tiny_dataset(n: int = 64, info: DatasetInfo = TINY_INFO, seed: int = 0, dtype=torch.uint8) -> Dataset:
+    """Each class is a bright horizontal band at its own height: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = info.input_shape
+    labels = torch.arange(n) % info.num_classes
+    images = torch.rand(n, c, h, w, generator=g) * 0.2
+    band = h // info.num_classes
+    for k in range(info.num_classes):
+        images[labels == k, :, k * band : (k + 1) * band - 1, : w - 4] += 0.7
+    images = images.clamp(0, 1)
+    if dtype == torch.uint8:
+        images = (images * 255).round().to(torch.uint8)
+    return Dataset(info, images, labels, groups=torch.arange(n) // 8)
