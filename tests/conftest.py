@@ -28,3 +28,34 @@ def data_root() -> Path:
             f"(CI uses ../shared/data relative to the repository root)."
         )
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_env(data_root):
+    """Library defaults read $BACKDOOR_ARENA_DATA; point it at the real data for the whole run."""
+    previous = os.environ.get("BACKDOOR_ARENA_DATA")
+    os.environ["BACKDOOR_ARENA_DATA"] = str(data_root)
+    yield
+    if previous is None:
+        os.environ.pop("BACKDOOR_ARENA_DATA", None)
+    else:
+        os.environ["BACKDOOR_ARENA_DATA"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_model(tmp_path_factory, data_root):
+    """A BadNets MNIST model from one short epoch on a subset: for plumbing tests, not for accuracy."""
+    from backdoor_arena.api import _train_and_save
+    from backdoor_arena.attacks import make_attack
+    from backdoor_arena.data import load_dataset
+    from backdoor_arena.train import TrainConfig
+
+    import torch
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    train = load_dataset("mnist", "train", data_root).subset(torch.arange(3000))
+    test = load_dataset("mnist", "test", data_root)
+    atk = make_attack("badnets", num_classes=10, channels=1, image_size=28, target=7, poison_rate=0.1)
+    poisoned = atk.poison(train, torch.Generator().manual_seed(0))
+    r = _train_and_save("badnet-mnist", poisoned.dataset, test, TrainConfig(epochs=1, progress=False), out, atk, "t")
+    return r.path, r.spec_path

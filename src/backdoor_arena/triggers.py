@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, IncompatibleError
@@ -141,7 +142,7 @@ def _nested(t: torch.Tensor) -> tuple:
 
 
 def _to_tuple(v: Any) -> Any:
-    return tuple(_to_tuple(i) for i in v) if isinstance(v, list) else round(float(v), 6)
+    return tuple(_to_tuple(i) for i in v) if isinstance(v, (list, tuple)) else round(float(v), 6)
 
 
 def _size(size: int) -> int:
@@ -190,7 +191,7 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     rgba = img.convert("RGBA")
     if size is not None:
         rgba = rgba.resize((size[1], size[0]), Image.BILINEAR)
-    arr = torch.tensor(list(rgba.getdata()), dtype=torch.float32).view(rgba.height, rgba.width, 4) / 255
+    arr = torch.from_numpy(np.asarray(rgba, dtype=np.float32).copy()) / 255
     rgb, alpha = arr[..., :3].permute(2, 0, 1), arr[..., 3]
     pixels = rgb if channels == 3 else rgb.mean(0, keepdim=True).expand(channels, -1, -1)
     return pixels.contiguous(), alpha

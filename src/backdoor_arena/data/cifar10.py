@@ -22,6 +22,8 @@ INFO = DatasetInfo(
     10,
     (3, 32, 32),
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
 )
 
 ARCHIVE = "cifar-10-binary.tar.gz"

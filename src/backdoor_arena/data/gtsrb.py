@@ -38,7 +38,7 @@ CLASS_NAMES = (
     "Roundabout mandatory", "End of no passing",
     "End of no passing by vehicles over 3.5 metric tons",
 )  # fmt: skip
-INFO = DatasetInfo("gtsrb", 43, (3, 32, 32), CLASS_NAMES)
+INFO = DatasetInfo("gtsrb", 43, (3, 32, 32), CLASS_NAMES, (0.2902, 0.2645, 0.2741), (0.2599, 0.2508, 0.2573))
 
 NPZ = "gtsrb_32x32_rgb.npz"
 BASE_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"

@@ -17,13 +17,16 @@ from ..errors import DatasetError
 from .cache import RemoteFile, fetch_all
 from .dataset import Dataset, DatasetInfo
 
-MNIST_INFO = DatasetInfo("mnist", 10, (1, 28, 28), tuple(str(d) for d in range(10)))
+# mean/std: per-channel statistics of the training split (models normalise with them internally).
+MNIST_INFO = DatasetInfo("mnist", 10, (1, 28, 28), tuple(str(d) for d in range(10)), (0.1307,), (0.3081,))
 FASHION_INFO = DatasetInfo(
     "fashion-mnist",
     10,
     (1, 28, 28),
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    (0.2860,),
+    (0.3530,),
 )  # fmt: skip
 
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")

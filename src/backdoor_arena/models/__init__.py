@@ -79,12 +79,13 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 @MODELS.register("gtsrb-cnn")
 def gtsrb_cnn(*, in_channels: int, num_classes: int, image_size: int, mean, std) -> nn.Module:
-    """A small VGG-style network: three blocks of two 3x3 conv-BN-ReLU and a max-pool, then fc 256."""
+    """A small VGG-style network: three blocks of 3x3 conv-BN-ReLU and a max-pool (32, 64, 128 channels),
+    then fc 256. One conv per block: two per block was 2.5x slower on 2 CPU cores for little accuracy."""
     widths = (32, 64, 128)
     layers: list[nn.Module] = []
     cin = in_channels
     for w in widths:
-        layers += _conv_bn(cin, w) + _conv_bn(w, w) + [nn.MaxPool2d(2)]
+        layers += _conv_bn(cin, w) + [nn.MaxPool2d(2)]
         cin = w
     side = image_size // 2 ** len(widths)
     if side < 1:
