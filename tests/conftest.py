@@ -45,12 +45,12 @@ def _data_env(data_root):
 @pytest.fixture(scope="session")
 def tiny_mnist_model(tmp_path_factory, data_root):
     """A BadNets MNIST model from one short epoch on a subset: for plumbing tests, not for accuracy."""
+    import torch
+
     from backdoor_arena.api import _train_and_save
     from backdoor_arena.attacks import make_attack
     from backdoor_arena.data import load_dataset
     from backdoor_arena.train import TrainConfig
-
-    import torch
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     train = load_dataset("mnist", "train", data_root).subset(torch.arange(3000))

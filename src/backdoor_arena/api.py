@@ -14,7 +14,7 @@ from .data import dataset_info, load_dataset
 from .data.dataset import Dataset
 from .errors import ConfigError, IncompatibleError
 from .metrics import evaluate as evaluate_metrics
-from .modelfile import Manifest, ModelFile, check_tensors, load_model, read_manifest, read_tensors, save_model
+from .modelfile import Manifest, check_tensors, load_model, read_manifest, read_tensors, save_model
 from .models import architecture_args, build_model
 from .runtime import set_threads, versions
 from .train import TrainConfig, create_model, fit
@@ -159,8 +159,3 @@ def wrap(weights_path: str | Path, *, model: str, dataset: str, out: str | Path)
         training={"imported_from": str(weights_path), "versions": versions()},
     )
     return save_model(out, net, manifest)
-
-
-def load(path: str | Path) -> ModelFile:
-    """Load a model file (alias of modelfile.load_model, for the facade)."""
-    return load_model(path)

@@ -50,7 +50,7 @@ def run_demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str 
     examples = [{"index": int(i), "label": int(test.labels[i])} for i in index]
     for name, model in models.items():
         for which, x in (("clean", clean_x), ("triggered", trig_x)):
-            for rec, p in zip(examples, predict(model, x)):
+            for rec, p in zip(examples, predict(model, x), strict=True):
                 rec[f"{name}_{which}"] = int(p)
     write_jsonl(out / "examples.jsonl", examples)
     plot_examples(out / "examples.png", clean_x, trig_x, examples, list(models), test.info.class_names)

@@ -82,6 +82,7 @@ def plot_training_curves(path: str | Path, runs: dict[str, list[dict[str, Any]]]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, history in runs.items():
@@ -91,6 +92,7 @@ def plot_training_curves(path: str | Path, runs: dict[str, list[dict[str, Any]]]
             ax.plot(epochs, [h["attack_success_rate"] for h in history], marker="x", ls="--",
                     label=f"{name}: attack success")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("fraction of test inputs")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

@@ -59,7 +59,7 @@ def test_model_contract(name, tmp_path):
         "tiny28", 3, (3, 28, 28), ("a", "b", "c"), (0.5,) * 3, (0.25,) * 3)
     a, args = create_model(name, info, seed=1)
     b, _ = create_model(name, info, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     manifest = Manifest(architecture=name, arch_args=args, dataset=info.name, input_shape=list(info.input_shape),
                         num_classes=3, class_names=list(info.class_names))
     save_model(tmp_path / "m.safetensors", a, manifest)

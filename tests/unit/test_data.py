@@ -50,6 +50,14 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+class FakeResponse(io.BytesIO):
+    """What urlopen returns: a byte stream with HTTP headers."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.headers = {"Content-Length": str(len(body))}
+
+
 class FakeNet:
     """Stands in for urllib.request.urlopen: serves `pages` by URL, everything else is offline."""
 
@@ -57,12 +65,12 @@ class FakeNet:
         self.pages = pages or {}
         self.calls: list[str] = []
 
-    def __call__(self, request: urllib.request.Request, timeout: float | None = None) -> io.BytesIO:
+    def __call__(self, request: urllib.request.Request, timeout: float | None = None) -> FakeResponse:
         assert timeout is not None and timeout <= 30, "downloads must use a socket timeout"
         url = request.full_url
         self.calls.append(url)
         if url in self.pages:
-            return io.BytesIO(self.pages[url])
+            return FakeResponse(self.pages[url])
         raise urllib.error.URLError("network is unreachable (test)")
 
 

@@ -20,9 +20,9 @@ def test_same_seed_same_weights_and_it_learns():
     a, hist = train_once(3)
     b, _ = train_once(3)
     c, _ = train_once(4)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
-    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
     assert len(hist.epochs) == 3 and hist.epochs[-1]["clean_accuracy"] == 1.0
     assert not a.training
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from tqdm.auto import tqdm
+
 from ..errors import DatasetError
 
 ENV_VAR = "BACKDOOR_ARENA_DATA"
@@ -115,10 +117,14 @@ def _download(path: Path, urls: Sequence[str], md5: str) -> None:
             with atomic_write(path) as f:
                 request = urllib.request.Request(url, headers={"User-Agent": "backdoor-arena"})
                 digest = hashlib.md5(usedforsecurity=False)
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, tqdm(
+                    total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                    desc=f"download {path.name}", leave=False, mininterval=0.5,
+                ) as bar:
                     while chunk := response.read(_CHUNK):
                         digest.update(chunk)
                         f.write(chunk)
+                        bar.update(len(chunk))
                 if digest.hexdigest() != md5:
                     raise _DownloadFailed(f"md5 {digest.hexdigest()} instead of {md5}")
         except (OSError, http.client.HTTPException, ValueError, _DownloadFailed) as e:
