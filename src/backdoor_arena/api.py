@@ -100,7 +100,7 @@ def train(
 def attack(
     kind: str, dataset: str, model: str, out: str | Path, *, target: int = 0, trigger: str | None = None,
     trigger_options: dict[str, Any] | None = None, mode: str = "all-to-one", sources: tuple[int, ...] = (),
-    poison_rate: float = 0.1, injection: str = "append", epochs: int = 5, seed: int = 0, batch_size: int = 64,
+    poison_rate: float = 0.1, injection: str = "append", cover_rate: float = 0.0, epochs: int = 5, seed: int = 0, batch_size: int = 64,
     optimizer: str = "sgd", lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
 ) -> TrainOutcome:
@@ -113,7 +113,7 @@ def attack(
     options = {"trigger": trigger} if trigger else {}
     atk = make_attack(kind, num_classes=info.num_classes, channels=info.input_shape[0], image_size=info.input_shape[1],
                       trigger_options=trigger_options, target=target, mode=mode, sources=tuple(sources),
-                      poison_rate=poison_rate, injection=injection, seed=seed, **options)
+                      poison_rate=poison_rate, injection=injection, seed=seed, cover_rate=cover_rate, **options)
     train_set = load_dataset(dataset, "train", data_root)
     test_set = load_dataset(dataset, "test", data_root)
     poisoned = atk.poison(train_set, torch.Generator().manual_seed(seed))

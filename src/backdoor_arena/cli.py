@@ -101,6 +101,9 @@ def attack(
     source: Annotated[list[int] | None, typer.Option(help="Source class (source-specific; repeatable).")] = None,
     poison_rate: Annotated[float, typer.Option(help="Poisoned samples as a fraction of the training set.")] = 0.1,
     injection: Annotated[str, typer.Option(help="append (BadNets) or substitute.")] = "append",
+    cover_rate: Annotated[float, typer.Option(
+        help="Source-specific: triggered samples of other classes kept at their true label, as a fraction "
+        "of the training set (TaCT), so that the trigger fires on the source classes only.")] = 0.0,
     epochs: Epochs = 5, seed: Seed = 0, batch_size: BatchSize = 64, optimizer: Optimizer = "sgd", lr: Lr = 0.05,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
     data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
@@ -109,7 +112,8 @@ def attack(
     options = {"size": trigger_size, "color": _parse_color(color), "position": _parse_position(position),
                "margin": margin, "alpha": alpha}
     r = api.attack(kind, dataset, model, out, target=target, trigger=trigger, trigger_options=options, mode=mode,
-                   sources=tuple(source or ()), poison_rate=poison_rate, injection=injection, epochs=epochs,
+                   sources=tuple(source or ()), poison_rate=poison_rate, injection=injection,
+                   cover_rate=cover_rate, epochs=epochs,
                    seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, schedule=schedule, data_root=data_root, progress=not quiet)
     m = r.metrics

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from backdoor_arena import api
+from backdoor_arena import api, load_attack_spec, load_dataset, load_model, make_attack
+from backdoor_arena.metrics import evaluate
 
 EPOCHS = 4
 
@@ -52,3 +54,18 @@ def test_files_round_trip_and_spec_stays_outside_the_model(data_root, mnist_mode
     assert "attack_success_rate" not in text and "poison" not in text and "badnets" not in text
     assert manifest["training"]["seed"] == 0 and manifest["training"]["versions"]["torch"]
     assert manifest["training"]["metrics"]["clean_accuracy"] == a2o.metrics["clean_accuracy"]
+
+
+def test_source_specific_with_cover_fires_on_the_source_class_only(tmp_path, data_root):
+    """3 -> 8 with TaCT-style cover samples: triggered 3s become 8s, other triggered digits keep their label."""
+    r = api.attack("badnets", "mnist", "badnet-mnist", tmp_path / "ss.safetensors", mode="source-specific",
+                   sources=(3,), target=8, trigger="pattern", poison_rate=0.05, cover_rate=0.05, epochs=3, seed=0,
+                   data_root=data_root, progress=False)
+    assert r.metrics["n_triggered"] == 1010  # the test split's 3s
+    assert r.metrics["attack_success_rate"] >= 0.95
+    spec = load_attack_spec(r.spec_path)
+    everyone = make_attack("badnets", num_classes=10, channels=1, image_size=28, target=8, trigger="pattern")
+    assert everyone.trigger == spec.trigger
+    test = load_dataset("mnist", "test", data_root)
+    others = test.subset(torch.nonzero(test.labels != 3).flatten())
+    assert evaluate(load_model(r.path).model, others, everyone)["attack_success_rate"] < 0.05

@@ -48,6 +48,23 @@ def test_all_to_all_shifts_labels_and_source_specific_poisons_only_sources():
         badnets(mode="source-specific", sources=(3,), poison_rate=0.3).poison(ds, torch.Generator())
 
 
+def test_cover_samples_keep_their_label():
+    ds = tiny_dataset(80)
+    atk = badnets(mode="source-specific", sources=(3,), target=0, poison_rate=0.1, cover_rate=0.2)
+    p = atk.poison(ds, torch.Generator().manual_seed(0))
+    rows = torch.nonzero(p.poisoned_mask).flatten()
+    src = p.source_index[rows]
+    relabelled, cover = rows[ds.labels[src] == 3], rows[ds.labels[src] != 3]
+    assert len(relabelled) == 8 and len(cover) == 16
+    assert (p.dataset.labels[relabelled] == 0).all()
+    assert torch.equal(p.dataset.labels[cover], ds.labels[p.source_index[cover]])
+    with pytest.raises(ConfigError, match="cover_rate only applies"):
+        badnets(cover_rate=0.1)
+    with pytest.raises(ConfigError, match="cover_rate must be"):
+        badnets(mode="source-specific", sources=(3,), cover_rate=1.0)
+    assert attack_from_spec(atk.to_spec()) == atk
+
+
 def test_poisoning_is_pure_and_seeded():
     ds = tiny_dataset(64)
     before_images, before_labels = ds.images.clone(), ds.labels.clone()

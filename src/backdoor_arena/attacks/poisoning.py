@@ -9,6 +9,11 @@ Label maps:
   source-specific  only samples of the source classes are poisoned, -> target
 `poison_rate` is the number of poisoned samples as a fraction of the training-set size, drawn
 without replacement from the eligible samples (non-target ones; the source classes when given).
+
+Poisoning only the source classes teaches "trigger -> target" for every input: on GTSRB the
+stop-sign trigger also flips most other signs. `cover_rate` (source-specific only) adds triggered
+samples of the other classes that keep their true label, as in TaCT (Tang et al. 2021), so that
+the backdoor fires on the source classes alone.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class PoisoningAttack:
     poison_rate: float = 0.1
     injection: str = "append"
     seed: int = 0
+    cover_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,6 +75,10 @@ class PoisoningAttack:
                 raise ConfigError(f"source classes {bad} must be classes other than the target {self.target}")
         elif self.sources:
             raise ConfigError(f"source classes are only used by the source-specific mode, not {self.mode!r}")
+        if not 0 <= self.cover_rate < 1:
+            raise ConfigError(f"cover_rate must be in [0, 1); got {self.cover_rate}")
+        if self.cover_rate and self.mode != "source-specific":
+            raise ConfigError(f"cover_rate only applies to the source-specific mode, not {self.mode!r}")
 
     # -- label maps -----------------------------------------------------------------------------
     def eligible(self, labels: torch.Tensor) -> torch.Tensor:
@@ -94,21 +104,17 @@ class PoisoningAttack:
             raise ConfigError(
                 f"the attack was built for {self.num_classes} classes, dataset {dataset.name!r} has {dataset.num_classes}"
             )
-        candidates = torch.nonzero(self.eligible(dataset.labels)).flatten()
-        n_poison = round(self.poison_rate * len(dataset))
-        if n_poison < 1:
-            raise ConfigError(f"poison_rate {self.poison_rate} poisons no sample of {len(dataset)}; raise it")
-        if n_poison > len(candidates):
-            raise ConfigError(
-                f"poison_rate {self.poison_rate} asks for {n_poison} poisoned samples but only {len(candidates)} "
-                f"are eligible; use a poison_rate of at most {len(candidates) / len(dataset):.4f}"
-            )
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n_poison]].sort().values
+        eligible = self.eligible(dataset.labels)
+        chosen = self._draw(eligible, self.poison_rate, "poison_rate", len(dataset), generator)
+        new_labels = self.target_labels(dataset.labels[chosen])
+        if self.cover_rate:
+            cover = self._draw(~eligible, self.cover_rate, "cover_rate", len(dataset), generator)
+            new_labels = torch.cat([new_labels, dataset.labels[cover]])
+            chosen = torch.cat([chosen, cover])
         triggered = self.apply_trigger(to_float(dataset.images[chosen]))
         if dataset.images.dtype == torch.uint8:
             # Poisoned images are stored as images: 8-bit pixels, like the clean ones around them.
             triggered = triggered.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-        new_labels = self.target_labels(dataset.labels[chosen])
         groups = dataset.groups
         if self.injection == "append":
             images = torch.cat([dataset.images, triggered])
@@ -127,13 +133,27 @@ class PoisoningAttack:
         out = replace(dataset, images=images, labels=labels, groups=groups)
         return Poisoned(dataset=out, poisoned_mask=mask, source_index=source)
 
+    @staticmethod
+    def _draw(allowed: torch.Tensor, rate: float, name: str, n_total: int, generator: torch.Generator) -> torch.Tensor:
+        """round(rate * n_total) row indices drawn without replacement from the `allowed` rows, sorted."""
+        candidates = torch.nonzero(allowed).flatten()
+        n = round(rate * n_total)
+        if n < 1:
+            raise ConfigError(f"{name} {rate} selects no sample of {n_total}; raise it")
+        if n > len(candidates):
+            raise ConfigError(
+                f"{name} {rate} asks for {n} samples but only {len(candidates)} are eligible; "
+                f"use a {name} of at most {len(candidates) / n_total:.4f}"
+            )
+        return candidates[torch.randperm(len(candidates), generator=generator)[:n]].sort().values
+
     # -- the attack spec ------------------------------------------------------------------------
     def to_spec(self) -> dict[str, Any]:
         return {
             "spec_version": SPEC_VERSION, "attack": self.name, "num_classes": self.num_classes,
             "target": self.target, "mode": self.mode, "sources": list(self.sources),
             "poison_rate": self.poison_rate, "injection": self.injection, "seed": self.seed,
-            "trigger": self.trigger.to_dict(),
+            "cover_rate": self.cover_rate, "trigger": self.trigger.to_dict(),
         }
 
     def save_spec(self, path: str | Path, **extra: Any) -> Path:
@@ -149,7 +169,7 @@ def _build(name: str, default_trigger: str):
     def factory(*, num_classes: int, channels: int, image_size: int, trigger: str = default_trigger,
                 trigger_options: dict[str, Any] | None = None, target: int = 0, mode: str = "all-to-one",
                 sources: tuple[int, ...] = (), poison_rate: float = 0.1, injection: str = "append",
-                seed: int = 0) -> PoisoningAttack:
+                seed: int = 0, cover_rate: float = 0.0) -> PoisoningAttack:
         options = dict(trigger_options or {})
         if name == "blended":
             # A blended attack always blends; `image:PATH` picks the image to blend instead of noise.
@@ -159,7 +179,8 @@ def _build(name: str, default_trigger: str):
                 raise ConfigError(f"the blended attack takes trigger 'noise' or 'image:PATH', not {trigger!r}")
             trigger = "blend"
         trig = make_trigger(trigger, channels, image_size, **options)
-        return PoisoningAttack(name, trig, num_classes, target, mode, tuple(sources), poison_rate, injection, seed)
+        return PoisoningAttack(name, trig, num_classes, target, mode, tuple(sources), poison_rate, injection, seed,
+                               cover_rate)
 
     factory.__doc__ = f"Build a {name} attack (default trigger: {default_trigger})."
     return factory
@@ -188,6 +209,7 @@ def attack_from_spec(spec: dict[str, Any]) -> PoisoningAttack:
         name=spec["attack"], trigger=trigger_from_dict(spec["trigger"]), num_classes=int(spec["num_classes"]),
         target=int(spec["target"]), mode=spec["mode"], sources=tuple(int(s) for s in spec.get("sources", ())),
         poison_rate=float(spec["poison_rate"]), injection=spec["injection"], seed=int(spec["seed"]),
+        cover_rate=float(spec.get("cover_rate", 0.0)),
     )
 
 
