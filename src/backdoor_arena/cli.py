@@ -183,6 +183,18 @@ def list_components() -> None:
         typer.echo(f"{title}: {', '.join(names)}")
 
 
+def _register_command_modules() -> None:
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".commands.{name}", __package__).register(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Entry point: one-line errors with an exit code per error class, never a traceback for bad input."""
     try:

@@ -1,0 +1,33 @@
+"""Defenses. A defender sees only the model and a small clean set, never the attack spec.
+
+Five kinds (DESIGN.md), one registry each; every registered defense is enrolled in the conformance
+suite (tests/conformance), which checks that it never mutates the caller's model, is deterministic
+for a seed, rejects bad parameters with ConfigError, and leaves no hooks behind.
+
+  mitigation       repair(model, clean) -> Repaired(model, curve, info)          MITIGATIONS
+  model detector   inspect(model, clean) -> ModelVerdict(score, flagged, ...)     MODEL_DETECTORS
+  input detector   fit(model, clean) then score(x) -> per-input scores            INPUT_DETECTORS
+  data filter      score(model, dataset) -> per-sample suspicion                  DATA_FILTERS
+  robust trainer   fit(dataset) -> model (+ certificate)                          ROBUST_TRAINERS
+
+Scores are continuous, so AUROC is computed on scores, never on 0/1 verdicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..registry import Registry
+from .base import ModelVerdict, Repaired, capture_activations, clean_holdout, last_conv, model_copy
+
+MITIGATIONS: Registry[Callable[..., Any]] = Registry("mitigation defense")
+MODEL_DETECTORS: Registry[Callable[..., Any]] = Registry("model detector")
+INPUT_DETECTORS: Registry[Callable[..., Any]] = Registry("input detector")
+DATA_FILTERS: Registry[Callable[..., Any]] = Registry("data filter")
+ROBUST_TRAINERS: Registry[Callable[..., Any]] = Registry("robust trainer")
+
+__all__ = [
+    "DATA_FILTERS", "INPUT_DETECTORS", "MITIGATIONS", "MODEL_DETECTORS", "ROBUST_TRAINERS", "ModelVerdict",
+    "Repaired", "capture_activations", "clean_holdout", "last_conv", "model_copy",
+]
