@@ -23,3 +23,19 @@ def tiny_dataset(n: int = 64, info: DatasetInfo = TINY_INFO, seed: int = 0, dtyp
     if dtype == torch.uint8:
         images = (images * 255).round().to(torch.uint8)
     return Dataset(info, images, labels, groups=torch.arange(n) // 8)
+
+
+def run_cli(args, capsys, monkeypatch):
+    """Run `backdoor-arena ARGS` in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from backdoor_arena.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["backdoor-arena", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

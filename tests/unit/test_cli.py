@@ -9,20 +9,11 @@ import sys
 import pytest
 import torch
 
-from backdoor_arena.cli import main
+from tests.helpers import run_cli as run
 
 COMMANDS = ["train", "attack", "evaluate", "info", "wrap", "demo", "list"]
 
 
-def run(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["backdoor-arena", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("command", COMMANDS)
