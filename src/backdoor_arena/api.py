@@ -40,8 +40,9 @@ def _check_out(out: str | Path) -> Path:
 
 def _train_and_save(
     architecture: str, train_set: Dataset, test_set: Dataset, config: TrainConfig, out: Path,
-    attack: PoisoningAttack | None, description: str,
+    attack: PoisoningAttack | None, description: str, train_fn: Any = None,
 ) -> TrainOutcome:
+    """`train_fn(model, monitor) -> (TrainHistory, spec_extra)` replaces plain `fit` (model-level attacks)."""
     model, args = create_model(architecture, train_set.info, config.seed)
 
     def monitor(m: torch.nn.Module) -> dict[str, float]:
@@ -49,7 +50,10 @@ def _train_and_save(
         return {k: r[k] for k in ("clean_accuracy", "attack_success_rate") if k in r}
 
     started = time.perf_counter()
-    history = fit(model, train_set, config, evaluate=monitor, description=description)
+    if train_fn is None:
+        history, spec_extra = fit(model, train_set, config, evaluate=monitor, description=description), {}
+    else:
+        history, spec_extra = train_fn(model, monitor)
     final = evaluate_metrics(model, test_set, attack)
     info = train_set.info
     # The training record goes to the defender with the model: it must not reveal the attack,
@@ -61,6 +65,8 @@ def _train_and_save(
         "history": [{k: v for k, v in e.items() if k != "attack_success_rate"} for e in history.epochs],
         "versions": versions(), "wall_time_s": round(time.perf_counter() - started, 3),
     }
+    if history.privacy is not None:  # DP-SGD: the accountant's epsilon at delta (defenses/dp.py)
+        training["privacy"] = history.privacy
     manifest = Manifest(
         architecture=architecture, arch_args=args, dataset=info.name, input_shape=list(info.input_shape),
         num_classes=info.num_classes, class_names=list(info.class_names), training=training,
@@ -71,7 +77,7 @@ def _train_and_save(
         spec_path = attack_spec_path(out)
         attack.save_spec(spec_path, model_sha256=manifest.tensors_sha256, results={
             k: final[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")
-        }, history=history.epochs)
+        }, history=history.epochs, **spec_extra)
     return TrainOutcome(out, manifest, final, history.epochs, spec_path)
 
 
@@ -85,13 +91,14 @@ def train(
     dataset: str, model: str, out: str | Path, *, epochs: int = 5, seed: int = 0, batch_size: int = 64,
     optimizer: str = "sgd", lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
+    dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5,
 ) -> TrainOutcome:
-    """Train a clean model and write it as a model file."""
+    """Train a clean model and write it as a model file. `dp_clip` and `dp_noise` train with DP-SGD."""
     out = _check_out(out)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress)
-    architecture_args(dataset_info(dataset))  # validate names before loading anything
-    build_model(model, architecture_args(dataset_info(dataset)))
+                         weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress,
+                         dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta)
+    build_model(model, architecture_args(dataset_info(dataset)))  # validate names before loading anything
     train_set = load_dataset(dataset, "train", data_root)
     test_set = load_dataset(dataset, "test", data_root)
     return _train_and_save(model, train_set, test_set, config, out, None, f"train {model}")
@@ -103,19 +110,36 @@ def attack(
     poison_rate: float = 0.1, injection: str = "append", cover_rate: float = 0.0, epochs: int = 5, seed: int = 0, batch_size: int = 64,
     optimizer: str = "sgd", lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
+    dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5,
+    poisoning: str = "badnets", prune_accuracy_drop: float = 0.04, clean_model: str | Path | None = None,
 ) -> TrainOutcome:
-    """Poison the training set, train on it, and write the model file plus `<out>.attack.json`."""
+    """Poison the training set, train on it, and write the model file plus `<out>.attack.json`.
+
+    `dp_clip` and `dp_noise` train on the poisoned data with DP-SGD (the defender controls training).
+    kind "pruning-aware" is the model-level attack of attacks/pruning_aware.py: `poisoning` names the
+    data poisoning inside it, `prune_accuracy_drop` its pruning rule, `clean_model` an optional clean
+    model file to start from (else one is trained first)."""
     out = _check_out(out)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress)
+                         weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress,
+                         dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta)
     info = dataset_info(dataset)
     build_model(model, architecture_args(info))
     options = {"trigger": trigger} if trigger else {}
+    model_attack = None
+    if kind == "pruning-aware":
+        from .attacks.pruning_aware import PruningAwareAttack
+
+        kind, model_attack = poisoning, PruningAwareAttack
     atk = make_attack(kind, num_classes=info.num_classes, channels=info.input_shape[0], image_size=info.input_shape[1],
                       trigger_options=trigger_options, target=target, mode=mode, sources=tuple(sources),
                       poison_rate=poison_rate, injection=injection, seed=seed, cover_rate=cover_rate, **options)
     train_set = load_dataset(dataset, "train", data_root)
     test_set = load_dataset(dataset, "test", data_root)
+    if model_attack is not None:
+        clean = load_model(clean_model).model if clean_model is not None else None
+        trainer = model_attack(atk, prune_accuracy_drop).trainer(model, train_set, config, clean_model=clean)
+        return _train_and_save(model, train_set, test_set, config, out, atk, "pruning-aware", trainer)
     poisoned = atk.poison(train_set, torch.Generator().manual_seed(seed))
     return _train_and_save(model, poisoned.dataset, test_set, config, out, atk, f"{kind} {model}")
 

@@ -30,6 +30,15 @@ WeightDecay = Annotated[float, typer.Option(help="L2 weight decay.")]
 Schedule = Annotated[str, typer.Option(help="constant or cosine.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DpClip = Annotated[float | None, typer.Option(
+    help="DP-SGD: per-example gradient norm bound C (with --dp-noise; BatchNorm-free models only).")]
+DpNoise = Annotated[float | None, typer.Option(help="DP-SGD: noise multiplier Z (noise std = Z * C).")]
+DpDelta = Annotated[float, typer.Option(help="DP-SGD: delta of the (epsilon, delta) guarantee recorded in the manifest.")]
+
+
+def _privacy(manifest: Any) -> dict[str, Any]:
+    p = manifest.training.get("privacy")
+    return {"epsilon": p["epsilon"], "delta": p["delta"]} if p else {}
 
 
 def _emit(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -70,20 +79,24 @@ def train(
     out: Out, epochs: Epochs = 5, seed: Seed = 0, batch_size: BatchSize = 64, optimizer: Optimizer = "sgd",
     lr: Lr = 0.05, momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
     data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
+    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5,
 ) -> None:
-    """Train a clean model and write it as a model file."""
+    """Train a clean model and write it as a model file (with --dp-clip/--dp-noise: by DP-SGD)."""
     r = api.train(dataset, model, out, epochs=epochs, seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr,
                   momentum=momentum, weight_decay=weight_decay, schedule=schedule, data_root=data_root,
-                  progress=not quiet)
+                  progress=not quiet, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta)
+    privacy = _privacy(r.manifest)
     _emit({"model": str(r.path), "clean_accuracy": r.metrics["clean_accuracy"],
-           "wall_time_s": r.manifest.training["wall_time_s"]}, json_out,
+           "wall_time_s": r.manifest.training["wall_time_s"], **privacy}, json_out,
           [f"wrote {r.path}", f"clean accuracy {_pct(r.metrics['clean_accuracy'])} "
-           f"({r.manifest.training['wall_time_s']:.1f} s)"])
+           f"({r.manifest.training['wall_time_s']:.1f} s)"]
+          + ([f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"] if privacy else []))
 
 
 @app.command()
 def attack(
-    kind: Annotated[str, typer.Argument(help="badnets or blended.")],
+    kind: Annotated[str, typer.Argument(
+        help="badnets, blended, or pruning-aware (the model-level attack of Fine-Pruning, with --poisoning).")],
     dataset: Annotated[str, typer.Option(help="Dataset to poison.")],
     model: Annotated[str, typer.Option(help="Architecture id.")],
     out: Out,
@@ -107,20 +120,32 @@ def attack(
     epochs: Epochs = 5, seed: Seed = 0, batch_size: BatchSize = 64, optimizer: Optimizer = "sgd", lr: Lr = 0.05,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
     data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
+    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5,
+    poisoning: Annotated[str, typer.Option(help="pruning-aware: the data poisoning inside (badnets, blended).")]
+    = "badnets",
+    prune_accuracy_drop: Annotated[float, typer.Option(
+        help="pruning-aware: the attacker prunes until clean accuracy would drop by more than this fraction.")] = 0.04,
+    clean_model: Annotated[Path | None, typer.Option(
+        help="pruning-aware: start from this clean model file instead of training one.")] = None,
 ) -> None:
-    """Poison a dataset, train on it, and write F.safetensors plus the attack spec F.attack.json."""
+    """Poison a dataset, train on it, and write F.safetensors plus the attack spec F.attack.json.
+    With --dp-clip/--dp-noise the poisoned data is trained with DP-SGD (DP-SGD as a defense)."""
     options = {"size": trigger_size, "color": _parse_color(color), "position": _parse_position(position),
                "margin": margin, "alpha": alpha}
     r = api.attack(kind, dataset, model, out, target=target, trigger=trigger, trigger_options=options, mode=mode,
                    sources=tuple(source or ()), poison_rate=poison_rate, injection=injection,
                    cover_rate=cover_rate, epochs=epochs,
                    seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, schedule=schedule, data_root=data_root, progress=not quiet)
+                   weight_decay=weight_decay, schedule=schedule, data_root=data_root, progress=not quiet,
+                   dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, poisoning=poisoning,
+                   prune_accuracy_drop=prune_accuracy_drop, clean_model=clean_model)
     m = r.metrics
+    privacy = _privacy(r.manifest)
     _emit({"model": str(r.path), "attack_spec": str(r.spec_path),
-           **{k: m[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")}}, json_out,
+           **{k: m[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")}, **privacy}, json_out,
           [f"wrote {r.path} and {r.spec_path}",
-           f"clean accuracy {_pct(m['clean_accuracy'])}, attack success rate {_pct(m['attack_success_rate'])}"])
+           f"clean accuracy {_pct(m['clean_accuracy'])}, attack success rate {_pct(m['attack_success_rate'])}"]
+          + ([f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"] if privacy else []))
 
 
 @app.command()

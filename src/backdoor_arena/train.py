@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    dp_clip: float | None = None  # DP-SGD (defenses/dp.py): per-example gradient norm bound ...
+    dp_noise: float | None = None  # ... and noise multiplier; both or neither
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,12 +54,18 @@ class TrainConfig:
             problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        from .defenses.dp import check_dp_params
+
+        problems += check_dp_params(self.dp_clip, self.dp_noise, self.dp_delta)
         if problems:
             raise ConfigError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("progress")
+        if self.dp_clip is None:  # records of non-private runs stay as they were
+            for k in ("dp_clip", "dp_noise", "dp_delta"):
+                d.pop(k)
         return d
 
 
@@ -63,6 +73,7 @@ class TrainConfig:
 class TrainHistory:
     epochs: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    privacy: dict[str, Any] | None = None  # DP-SGD runs: clip, noise, delta, epsilon (defenses/dp.py)
 
 
 def create_model(architecture: str, info: DatasetInfo, seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -104,26 +115,45 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     n = len(train_set)
+    private, net = None, model
+    if config.dp_clip is not None:
+        from .defenses.dp import PrivateTraining
+
+        private = PrivateTraining(model, optimizer, clip=config.dp_clip, noise=config.dp_noise,
+                                  delta=config.dp_delta, batch_size=config.batch_size, n=n, seed=config.seed)
+        net, optimizer = private.module, private.optimizer
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     history = TrainHistory()
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     step = 0
-    with seeded(config.seed), tqdm(total=total, desc=description, disable=not config.progress,
-                                   unit="batch", mininterval=0.5, leave=False) as bar:
+    with contextlib.ExitStack() as stack:
+        if private is not None:
+            stack.callback(private.close)
+        stack.enter_context(seeded(config.seed))
+        bar = stack.enter_context(tqdm(total=total, desc=description, disable=not config.progress,
+                                       unit="batch", mininterval=0.5, leave=False))
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(n, generator=generator)
             loss_sum, correct = 0.0, 0
             epoch_start = time.perf_counter()
             for b in range(steps_per_epoch):
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                if private is None:
+                    idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                else:  # Poisson sampling, as the privacy accountant assumes
+                    idx = private.sample(generator)
+                    private.step()
+                    if len(idx) == 0:
+                        step += 1
+                        bar.update(1)
+                        continue
                 x, y = to_float(train_set.images[idx]), train_set.labels[idx]
                 if config.schedule == "cosine":
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                logits = model(x)
+                logits = net(x)
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -136,12 +166,16 @@ def fit(
                 "epoch": epoch + 1, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                 "epoch_time_s": time.perf_counter() - epoch_start,
             }
+            if private is not None:
+                record["epsilon"] = private.epsilon()
             if evaluate is not None:
                 record.update(evaluate(model))
             history.epochs.append(record)
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "clean_accuracy")})
             if not math.isfinite(record["train_loss"]):
                 raise ConfigError(f"training diverged (loss {record['train_loss']}) at epoch {epoch + 1}; lower lr")
+        if private is not None:
+            history.privacy = private.record()
     model.eval()
     history.wall_time_s = time.perf_counter() - start
     return history

@@ -31,3 +31,6 @@ __all__ = [
     "DATA_FILTERS", "INPUT_DETECTORS", "MITIGATIONS", "MODEL_DETECTORS", "ROBUST_TRAINERS", "ModelVerdict",
     "Repaired", "capture_activations", "clean_holdout", "last_conv", "model_copy",
 ]
+
+# Enrol every defense: importing a module registers its plugins (after the registries above exist).
+from . import dp, finetuning, neural_cleanse, pruning, sentinet, spectral, strip  # noqa: E402,F401

@@ -1,0 +1,101 @@
+"""Fine-tuning and fine-pruning (Liu, Dolan-Gavitt and Garg, "Fine-Pruning", RAID 2018).
+
+Fine-tuning: a few epochs of training on the defender's clean set. The paper observes that with the
+small learning rates that keep clean accuracy, the backdoor survives: clean inputs never exercise
+the channels the trigger uses, so their weights get no gradient worth the name.
+
+Fine-pruning: prune as in `pruning.py`, then fine-tune with the pruned channels held at zero. Pruning
+removes the dormant backdoor channels (or, against the pruning-aware attack, the decoys), and
+fine-tuning then repairs accuracy and rewrites the backdoor behaviour that clean-active channels
+carry, which is what defeats the pruning-aware attacker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import nn
+
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from ..train import OPTIMIZERS, TrainConfig, fit
+from . import MITIGATIONS
+from .base import Repaired, model_copy
+from .pruning import Monitor, Pruning, check_clean, check_fraction, clean_accuracy_of, freeze_channels, prune_site
+
+
+def _tune_config(epochs: int, lr: float, batch_size: int, optimizer: str, momentum: float, weight_decay: float,
+                 seed: int, progress: bool) -> TrainConfig:
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    # constant learning rate, as in the paper's fine-tuning; TrainConfig validates the rest
+    return TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, schedule="constant", seed=seed, progress=progress)
+
+
+def fine_tune(model: nn.Module, clean: Dataset, config: TrainConfig, *, monitor: Monitor | None = None,
+              frozen_channels: list[int] | None = None, description: str = "fine-tune") -> tuple[nn.Module, list]:
+    """Fine-tune a copy of `model` on `clean`; `frozen_channels` of the last conv layer stay at zero.
+    Returns the copy and the curve (epoch 0 = before; then one row per epoch)."""
+    work = model_copy(model)
+    curve: list[dict[str, float]] = [{"epoch": 0, **(monitor(work) if monitor else {})}]
+    handles = freeze_channels(prune_site(work), frozen_channels) if frozen_channels else []
+    try:
+        history = fit(work, clean, config, evaluate=monitor, description=description)
+    finally:
+        for h in handles:
+            h.remove()
+    curve += [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in history.epochs]
+    return work.eval(), curve
+
+
+@MITIGATIONS.register("fine-tuning")
+class FineTuning:
+    """Train on the clean set for `epochs` at a constant learning rate `lr`."""
+
+    def __init__(self, epochs: int = 10, lr: float = 0.01, *, batch_size: int = 64, optimizer: str = "sgd",
+                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
+        self.config = _tune_config(epochs, lr, batch_size, optimizer, momentum, weight_decay, seed, progress)
+
+    def params(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def repair(self, model: nn.Module, clean: Dataset, *, monitor: Monitor | None = None) -> Repaired:
+        start = time.perf_counter()
+        check_clean(model, clean)
+        before = clean_accuracy_of(model, clean)
+        tuned, curve = fine_tune(model, clean, self.config, monitor=monitor)
+        info = {"defense": "fine-tuning", "params": self.params(), "holdout_accuracy_before": before,
+                "clean_samples": len(clean), "wall_time_s": time.perf_counter() - start}
+        return Repaired(tuned, curve, info)
+
+
+@MITIGATIONS.register("fine-pruning")
+class FinePruning:
+    """Pruning (stop before clean accuracy drops by more than `max_accuracy_drop`), then fine-tuning
+    with the pruned channels held at zero. The curve holds the prune curve (`stage` "prune") followed
+    by the fine-tuning epochs (`stage` "fine-tune")."""
+
+    def __init__(self, max_accuracy_drop: float = 0.04, epochs: int = 10, lr: float = 0.01, *, step: int = 1,
+                 full_curve: bool = True, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
+                 weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
+        check_fraction("max_accuracy_drop", max_accuracy_drop, low_open=False)
+        self.pruning = Pruning(max_accuracy_drop, step=step, full_curve=full_curve, progress=progress)
+        self.config = _tune_config(epochs, lr, batch_size, optimizer, momentum, weight_decay, seed, progress)
+
+    def params(self) -> dict[str, Any]:
+        return {**self.pruning.params(), **self.config.to_dict()}
+
+    def repair(self, model: nn.Module, clean: Dataset, *, monitor: Monitor | None = None) -> Repaired:
+        start = time.perf_counter()
+        pruned = self.pruning.repair(model, clean, monitor=monitor)
+        channels = pruned.info["pruned_channels"]
+        tuned, tune_curve = fine_tune(pruned.model, clean, self.config, monitor=monitor, frozen_channels=channels,
+                                      description="fine-prune")
+        curve = [{"stage": "prune", **row} for row in pruned.curve]
+        curve += [{"stage": "fine-tune", **row} for row in tune_curve]
+        info = {**pruned.info, "defense": "fine-pruning", "params": self.params(),
+                "holdout_accuracy_after": clean_accuracy_of(tuned, clean),
+                "wall_time_s": time.perf_counter() - start}
+        return Repaired(tuned, curve, info)

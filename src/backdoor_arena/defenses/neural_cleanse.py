@@ -1,0 +1,369 @@
+"""Neural Cleanse (Wang et al., S&P 2019): reverse-engineer, for every label, the smallest mask and pattern
+that send clean inputs to that label; a label whose mask is anomalously small is a backdoor target.
+
+All labels are optimised in ONE batched problem: masks [K, 1, H, W] and patterns [K, C, H, W] are applied
+to the same mini-batch repeated per label, so one forward/backward pass serves every label. The losses of
+different labels touch disjoint parameters and Adam is element-wise, so the batched problem is exactly K
+independent problems (`batched=False` runs the same code one label at a time: the oracle and benchmark).
+
+Pixel space: our models take pixels in [0, 1] and normalise inside, so the mask and pattern live in pixel
+space ((tanh + 1) / 2 keeps both in [0, 1]) and the stamped input x' = (1 - m) x + m p is a valid image.
+Optimising in normalised space while injecting in pixel space (or vice versa) changes the norms by a
+per-model factor and is a known cause of clean models being flagged.
+
+Cost schedule (the authors' implementation): lambda starts at 0; once a label's reversed trigger reaches
+the success threshold for `patience` checks, lambda = init_cost; then it is multiplied by 1.5 after
+`patience` successful checks in a row and divided by 1.5^1.5 after `patience` failed ones. The best
+(smallest-L1) mask among checks that reached the threshold is kept.
+
+Mitigations (registered in MITIGATIONS): "nc-unlearning" fine-tunes on the clean set with the reversed
+trigger stamped on a fraction of it, labels kept; "nc-pruning" zeroes the penultimate-layer neurons whose
+activation rises most under the reversed trigger, until the model no longer follows it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.dataset import Dataset, to_float
+from ..errors import ConfigError
+from ..runtime import seeded
+from . import MITIGATIONS, MODEL_DETECTORS
+from .base import ModelVerdict, Repaired, model_copy
+from .spectral import check_clean_set, penultimate_features
+
+MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation of a normal
+
+
+# --------------------------------------------------------------------------- pure functions
+def median(x: torch.Tensor) -> torch.Tensor:
+    """The median as statistics defines it (mean of the two middle values for an even count; torch.median
+    returns the lower one, which would change every anomaly index of a 10-class model)."""
+    return torch.quantile(x.double(), 0.5)
+
+
+def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
+    """|norm - median| / (1.4826 * MAD) for every label (MAD: median absolute deviation from the median)."""
+    norms = norms.double()
+    mid = median(norms)
+    mad = median((norms - mid).abs()) * MAD_CONSISTENCY
+    return (norms - mid).abs() / mad.clamp_min(1e-12)
+
+
+def anomaly_index(norms: torch.Tensor) -> tuple[float, int]:
+    """The anomaly index of the smallest norm (0 if it is not below the median: only small masks betray a
+    backdoor), and that label."""
+    label = int(norms.argmin())
+    if norms[label] >= median(norms):
+        return 0.0, label
+    return float(anomaly_indices(norms)[label]), label
+
+
+def apply_masks(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Inputs [B, C, H, W] stamped with every label's trigger: [K * B, C, H, W], label-major."""
+    k = masks.shape[0]
+    out = (1 - masks[:, None]) * x[None] + masks[:, None] * patterns[:, None]
+    return out.reshape(k * x.shape[0], *x.shape[1:])
+
+
+@dataclass(frozen=True, eq=False)
+class ReversedTriggers:
+    masks: torch.Tensor  # [K, 1, H, W] in [0, 1]
+    patterns: torch.Tensor  # [K, C, H, W] in [0, 1]
+    norms: torch.Tensor  # [K] L1 norms of the masks
+    success: torch.Tensor  # [K] attack success of each reversed trigger on the clean set
+    reached: torch.Tensor  # [K] bool: the success threshold was reached at some check
+
+
+# --------------------------------------------------------------------------- the detector
+@MODEL_DETECTORS.register("neural-cleanse")
+class NeuralCleanse:
+    """Model detector. score = anomaly index of the smallest mask norm; flagged when above `threshold`."""
+
+    def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
+                 success_threshold: float = 0.99, patience: int = 5, check_every: int = 10,
+                 cost_multiplier: float = 1.5, threshold: float = 2.0, n_samples: int = 1000, batched: bool = True,
+                 seed: int = 0, progress: bool = False) -> None:
+        problems = []
+        for name, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience),
+                        ("check_every", check_every), ("n_samples", n_samples)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name, v in (("lr", lr), ("threshold", threshold)):
+            if not isinstance(v, (int, float)) or not v > 0:
+                problems.append(f"{name} must be a positive number, got {v!r}")
+        if not isinstance(init_cost, (int, float)) or not init_cost > 0:
+            problems.append(f"init_cost must be a positive number, got {init_cost!r}")
+        if not isinstance(success_threshold, (int, float)) or not 0 < success_threshold <= 1:
+            problems.append(f"success_threshold must be in (0, 1], got {success_threshold!r}")
+        if not isinstance(cost_multiplier, (int, float)) or not cost_multiplier > 1:
+            problems.append(f"cost_multiplier must be > 1, got {cost_multiplier!r}")
+        if problems:
+            raise ConfigError("neural-cleanse: " + "; ".join(problems))
+        self.steps, self.batch_size, self.lr, self.init_cost = steps, batch_size, float(lr), float(init_cost)
+        self.success_threshold, self.patience, self.check_every = float(success_threshold), patience, check_every
+        self.cost_multiplier, self.threshold, self.n_samples = float(cost_multiplier), float(threshold), n_samples
+        self.batched, self.seed, self.progress = bool(batched), int(seed), bool(progress)
+
+    # -- reverse engineering ----------------------------------------------------------------
+    def reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
+        """Reversed masks and patterns of every label (the model is copied, never changed)."""
+        net = model_copy(model)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        x_all = check_clean_set(net, clean, "neural-cleanse")
+        g = torch.Generator().manual_seed(self.seed)
+        if len(x_all) > self.n_samples:
+            x_all = x_all[torch.randperm(len(x_all), generator=g)[: self.n_samples]]
+        k = int(net(x_all[:1]).shape[1])
+        c, h, w = x_all.shape[1:]
+        # Everything random is drawn up front, so the batched and per-label runs see the same numbers.
+        init_mask = torch.rand(k, 1, h, w, generator=g) * 2 - 1
+        init_pattern = torch.rand(k, c, h, w, generator=g) * 2 - 1
+        batches = torch.randint(len(x_all), (self.steps, self.batch_size), generator=g)
+        groups = [list(range(k))] if self.batched else [[label] for label in range(k)]
+        parts = []
+        bar = tqdm(total=self.steps * len(groups), desc="neural-cleanse", unit="step", disable=not self.progress,
+                   leave=False)
+        with bar:
+            for labels in groups:
+                idx = torch.tensor(labels)
+                parts.append(self._optimise(net, x_all, idx, init_mask[idx], init_pattern[idx], batches, bar))
+        masks, patterns, reached = (torch.cat([p[i] for p in parts]) for i in range(3))
+        with torch.no_grad():
+            success = torch.stack([
+                (net(apply_masks(x_all, masks[i : i + 1], patterns[i : i + 1])).argmax(1) == i).double().mean()
+                for i in range(k)
+            ])
+        return ReversedTriggers(masks, patterns, masks.sum(dim=(1, 2, 3)), success, reached)
+
+    def _optimise(self, net: nn.Module, x_all: torch.Tensor, labels: torch.Tensor, init_mask: torch.Tensor,
+                  init_pattern: torch.Tensor, batches: torch.Tensor, bar: Any) -> tuple[torch.Tensor, ...]:
+        """One problem over `labels` (all of them, or one): Adam on tanh-parameterised masks and patterns."""
+        k = len(labels)
+        # atanh of a value in (-1, 1) scaled to stay away from the saturated ends
+        mask_p = torch.atanh(init_mask * 0.999).requires_grad_(True)
+        pattern_p = torch.atanh(init_pattern * 0.999).requires_grad_(True)
+        opt = torch.optim.Adam([mask_p, pattern_p], lr=self.lr, betas=(0.5, 0.9))
+        cost = torch.zeros(k, dtype=torch.float64)
+        cost_set = torch.zeros(k, dtype=torch.long)
+        up, down = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)
+        best_mask = (torch.tanh(mask_p.detach()) + 1) / 2
+        best_pattern = (torch.tanh(pattern_p.detach()) + 1) / 2
+        best_norm = torch.full((k,), math.inf, dtype=torch.float64)
+        reached = torch.zeros(k, dtype=torch.bool)
+        hits = torch.zeros(k, dtype=torch.float64)
+        seen = 0
+        target = labels.repeat_interleave(batches.shape[1])
+        for step in range(batches.shape[0]):
+            x = x_all[batches[step]]
+            mask = (torch.tanh(mask_p) + 1) / 2
+            pattern = (torch.tanh(pattern_p) + 1) / 2
+            logits = net(apply_masks(x, mask, pattern))
+            ce = nn.functional.cross_entropy(logits, target, reduction="none").view(k, -1).mean(1)
+            l1 = mask.sum(dim=(1, 2, 3))
+            loss = (ce + cost.to(ce.dtype) * l1).sum()  # disjoint parameters: the sum is K separate problems
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                hits += (logits.argmax(1) == target).view(k, -1).double().mean(1)
+                seen += 1
+                if (step + 1) % self.check_every == 0 or step + 1 == batches.shape[0]:
+                    acc = hits / seen
+                    ok = acc >= self.success_threshold
+                    better = ok & (l1.double() < best_norm)
+                    best_norm = torch.where(better, l1.double(), best_norm)
+                    best_mask[better] = mask[better]
+                    best_pattern[better] = pattern[better]
+                    reached |= ok
+                    cost, cost_set, up, down = self._schedule(cost, cost_set, up, down, ok)
+                    hits.zero_()
+                    seen = 0
+            bar.update(1)
+        # labels never reaching the threshold keep their last mask (a large norm: no easy trigger there)
+        last_mask = ((torch.tanh(mask_p) + 1) / 2).detach()
+        last_pattern = ((torch.tanh(pattern_p) + 1) / 2).detach()
+        best_mask[~reached] = last_mask[~reached]
+        best_pattern[~reached] = last_pattern[~reached]
+        return best_mask, best_pattern, reached
+
+    def _schedule(self, cost: torch.Tensor, cost_set: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                  ok: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The authors' dynamic lambda, per label (vectorised)."""
+        unset = cost == 0
+        cost_set = torch.where(unset & ok, cost_set + 1, torch.where(unset, torch.zeros_like(cost_set), cost_set))
+        start = unset & (cost_set >= self.patience)
+        up = torch.where(unset, up, torch.where(ok, up + 1, torch.zeros_like(up)))
+        down = torch.where(unset, down, torch.where(ok, torch.zeros_like(down), down + 1))
+        raise_ = ~unset & (up >= self.patience)
+        lower = ~unset & (down >= self.patience)
+        cost = torch.where(start, torch.full_like(cost, self.init_cost), cost)
+        cost = torch.where(raise_, cost * self.cost_multiplier, cost)
+        cost = torch.where(lower, cost / self.cost_multiplier ** 1.5, cost)
+        up = torch.where(raise_, torch.zeros_like(up), up)
+        down = torch.where(lower, torch.zeros_like(down), down)
+        return cost, cost_set, up, down
+
+    # -- the verdict --------------------------------------------------------------------------
+    def inspect(self, model: nn.Module, clean: Dataset) -> ModelVerdict:
+        rev = self.reverse(model, clean)
+        score, label = anomaly_index(rev.norms)
+        flagged = score > self.threshold
+        return ModelVerdict(
+            score=score, flagged=flagged, threshold=self.threshold, suspected_target=label if flagged else None,
+            details={
+                "anomaly_index": score, "smallest_norm_label": label, "norms": rev.norms.tolist(),
+                "anomaly_indices": anomaly_indices(rev.norms).tolist(), "success": rev.success.tolist(),
+                "reached": rev.reached.tolist(), "median_norm": float(median(rev.norms)),
+                "params": self.params(),
+            },
+            artefacts={"masks": rev.masks, "patterns": rev.patterns},
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("steps", "batch_size", "lr", "init_cost", "success_threshold",
+                                              "patience", "check_every", "cost_multiplier", "threshold",
+                                              "n_samples", "batched", "seed")}
+
+
+def plot_reversed(path: str | Path, masks: torch.Tensor, patterns: torch.Tensor, norms: torch.Tensor,
+                  class_names: list[str] | None = None, highlight: int | None = None) -> Path:
+    """Row 1: masks; row 2: mask * pattern (the trigger as stamped); titles give the L1 norms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = masks.shape[0]
+    fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 0.6, 2.9), squeeze=False)
+    for i in range(k):
+        stamped = (masks[i] * patterns[i]).clamp(0, 1)
+        for row, img in enumerate((masks[i], stamped)):
+            ax = axes[row][i]
+            arr = img.permute(1, 2, 0).numpy()
+            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        name = class_names[i] if class_names else str(i)
+        axes[0][i].set_title(f"{name}\n|m|={float(norms[i]):.1f}", fontsize=7,
+                             color="red" if highlight == i else "black")
+    axes[0][0].set_ylabel("mask", fontsize=8)
+    axes[1][0].set_ylabel("mask*pattern", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- mitigations
+def _target_label(rev: ReversedTriggers, label: int | None) -> int:
+    if label is not None:
+        return label
+    return anomaly_index(rev.norms)[1]
+
+
+def _check_fraction(name: str, value: Any, low_open: bool = True) -> float:
+    if not isinstance(value, (int, float)) or not (0 < value <= 1 if low_open else 0 <= value <= 1):
+        raise ConfigError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return float(value)
+
+
+@MITIGATIONS.register("nc-unlearning")
+class NeuralCleanseUnlearning:
+    """Fine-tune on the clean set with the reversed trigger of the suspected label stamped on
+    `stamp_fraction` of it, labels kept (paper: 1 epoch, 10% of the training data, 20% stamped)."""
+
+    def __init__(self, epochs: int = 2, stamp_fraction: float = 0.2, lr: float = 0.01, batch_size: int = 32,
+                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0) -> None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"nc-unlearning: epochs must be a positive integer, got {epochs!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"nc-unlearning: batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"nc-unlearning: lr must be positive, got {lr!r}")
+        self.stamp_fraction = _check_fraction("nc-unlearning: stamp_fraction", stamp_fraction)
+        self.epochs, self.lr, self.batch_size, self.label, self.seed = epochs, float(lr), batch_size, label, seed
+        self.detector = NeuralCleanse(**{"seed": seed, **(detector or {})})
+
+    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None) -> Repaired:
+        rev = reversed_triggers or self.detector.reverse(model, clean)
+        label = _target_label(rev, self.label)
+        net = model_copy(model)
+        x_all = check_clean_set(net, clean, "nc-unlearning")
+        y_all = clean.labels
+        g = torch.Generator().manual_seed(self.seed)
+        stamp = torch.rand(len(x_all), generator=g) < self.stamp_fraction
+        x_all = x_all.clone()
+        x_all[stamp] = apply_masks(x_all[stamp], rev.masks[label : label + 1], rev.patterns[label : label + 1])
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9)
+        curve = []
+        for epoch in range(self.epochs):
+            net.train()
+            with seeded(self.seed + epoch):  # dropout draws from the global generator: scope its seed
+                order = torch.randperm(len(x_all), generator=g)
+                for b in range(0, len(order), self.batch_size):
+                    idx = order[b : b + self.batch_size]
+                    loss = nn.functional.cross_entropy(net(x_all[idx]), y_all[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            net.eval()
+            curve.append({"epoch": epoch + 1, **_reversed_effect(net, clean, rev, label)})
+        net.eval()
+        return Repaired(net, curve, {"label": label, "stamped": int(stamp.sum()), "norms": rev.norms.tolist()})
+
+
+@MITIGATIONS.register("nc-pruning")
+class NeuralCleansePruning:
+    """Zero the penultimate-layer neurons ranked by their activation gap (reversed-trigger inputs minus
+    clean inputs), highest first, until the reversed trigger's success falls below `stop_success` (or
+    `max_fraction` of the neurons are gone)."""
+
+    def __init__(self, stop_success: float = 0.05, max_fraction: float = 0.5, step_fraction: float = 0.02,
+                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0) -> None:
+        self.stop_success = _check_fraction("nc-pruning: stop_success", stop_success, low_open=False)
+        self.max_fraction = _check_fraction("nc-pruning: max_fraction", max_fraction)
+        self.step_fraction = _check_fraction("nc-pruning: step_fraction", step_fraction)
+        self.label, self.seed = label, seed
+        self.detector = NeuralCleanse(**{"seed": seed, **(detector or {})})
+
+    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None) -> Repaired:
+        rev = reversed_triggers or self.detector.reverse(model, clean)
+        label = _target_label(rev, self.label)
+        net = model_copy(model)
+        x = check_clean_set(net, clean, "nc-pruning")
+        stamped = apply_masks(x, rev.masks[label : label + 1], rev.patterns[label : label + 1])
+        gap = penultimate_features(net, stamped).mean(0) - penultimate_features(net, x).mean(0)
+        order = torch.argsort(gap, descending=True)
+        final = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        n = len(order)
+        step = max(1, round(self.step_fraction * n))
+        curve = [{"pruned": 0, "fraction": 0.0, **_reversed_effect(net, clean, rev, label)}]
+        pruned = 0
+        while curve[-1]["reversed_success"] > self.stop_success and pruned + step <= self.max_fraction * n:
+            with torch.no_grad():
+                final.weight[:, order[pruned : pruned + step]] = 0  # a neuron whose output no one reads is pruned
+            pruned += step
+            curve.append({"pruned": pruned, "fraction": pruned / n, **_reversed_effect(net, clean, rev, label)})
+        return Repaired(net, curve, {"label": label, "pruned": pruned, "neurons": n,
+                                     "pruned_neurons": order[:pruned].tolist()})
+
+
+def _reversed_effect(net: nn.Module, clean: Dataset, rev: ReversedTriggers, label: int) -> dict[str, float]:
+    """Clean-set accuracy and the reversed trigger's success (on inputs not already of that label)."""
+    x = to_float(clean.images)
+    with torch.no_grad():
+        clean_acc = float((net(x).argmax(1) == clean.labels).double().mean())
+        keep = clean.labels != label
+        trig = apply_masks(x[keep], rev.masks[label : label + 1], rev.patterns[label : label + 1])
+        success = float((net(trig).argmax(1) == label).double().mean()) if keep.any() else 0.0
+    return {"clean_set_accuracy": clean_acc, "reversed_success": success}

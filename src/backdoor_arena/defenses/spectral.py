@@ -1,0 +1,126 @@
+"""Spectral Signatures (Tran, Li and Madry, NeurIPS 2018): poisoned samples leave a trace in the top
+singular direction of a class's (centred) learned representations.
+
+Per class: R = penultimate-layer representations, centred; v = top right singular vector of R;
+score_i = (R_i . v)^2. The samples with the highest scores, 1.5 x epsilon of the class (epsilon: an
+upper bound on the poisoned fraction), are removed; the model is retrained on the rest.
+
+Also home of the helpers the other detectors share: the clean-set check (one-line errors for a clean set
+that does not fit the model) and the penultimate-layer representation (the input of the last Linear).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.dataset import Dataset, to_float
+from ..errors import ConfigError, IncompatibleError
+from . import DATA_FILTERS
+from .base import model_copy
+
+
+# --------------------------------------------------------------------------- shared helpers
+def check_clean_set(model: nn.Module, data: Dataset | torch.Tensor, who: str) -> torch.Tensor:
+    """The images of `data` as float pixels, after checking they fit the model (one-line errors)."""
+    images = data.images if isinstance(data, Dataset) else data
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise IncompatibleError(f"{who}: the clean set must be images [N, C, H, W], got {shape}")
+    if len(images) == 0:
+        raise ConfigError(f"{who}: the clean set is empty; give the defender some clean samples")
+    x = to_float(images)
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(x[:1])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IncompatibleError(
+            f"{who}: the model does not accept clean-set images of shape {tuple(x.shape[1:])} ({first}); "
+            "use a clean set from the model's dataset"
+        ) from None
+    return x
+
+
+@contextlib.contextmanager
+def _last_linear_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record the inputs of the model's last Linear layer; the hook is always removed."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise IncompatibleError(f"the model ({type(model).__name__}) has no Linear layer to read representations from")
+    inputs: list[torch.Tensor] = []
+    handle = linears[-1].register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+    try:
+        yield inputs
+    finally:
+        handle.remove()
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Representations [N, D] that the final layer reads (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _last_linear_inputs(model) as inputs, torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(to_float(x[i : i + batch_size]))
+        return torch.cat([t.flatten(1) for t in inputs])
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- pure function
+def spectral_scores(reps: torch.Tensor) -> torch.Tensor:
+    """(R_i - mean) . v squared, v the top right singular vector of the centred representations."""
+    r = reps.double()
+    centred = r - r.mean(0, keepdim=True)
+    if len(r) < 2:
+        return torch.zeros(len(r), dtype=torch.float64)
+    _u, _s, vh = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ vh[0]) ** 2
+
+
+# --------------------------------------------------------------------------- the filter
+@DATA_FILTERS.register("spectral")
+class SpectralSignatures:
+    """Data filter. score(model, dataset): per-sample suspicion (the spectral score divided by its class's
+    mean score, so that classes are comparable); flag(): the top `removal_factor * epsilon` of each class."""
+
+    def __init__(self, epsilon: float = 0.1, removal_factor: float = 1.5, batch_size: int = 1000) -> None:
+        if not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
+            raise ConfigError(f"spectral: epsilon (upper bound of the poisoned fraction) must be in (0, 1), got {epsilon!r}")
+        if not isinstance(removal_factor, (int, float)) or not removal_factor > 0:
+            raise ConfigError(f"spectral: removal_factor must be positive, got {removal_factor!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"spectral: batch_size must be a positive integer, got {batch_size!r}")
+        self.epsilon, self.removal_factor, self.batch_size = float(epsilon), float(removal_factor), batch_size
+
+    def score(self, model: nn.Module, dataset: Dataset) -> torch.Tensor:
+        net = model_copy(model)
+        check_clean_set(net, dataset.images[:1], "spectral")
+        reps = penultimate_features(net, dataset.images, self.batch_size)
+        scores = torch.zeros(len(dataset), dtype=torch.float64)
+        for c in dataset.labels.unique().tolist():
+            sel = dataset.labels == c
+            s = spectral_scores(reps[sel])
+            scores[sel] = s / s.mean().clamp_min(1e-12)
+        return scores
+
+    def flag(self, model: nn.Module, dataset: Dataset, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean [N]: the samples to remove (per class, the highest 1.5 x epsilon fraction)."""
+        scores = self.score(model, dataset) if scores is None else scores
+        flagged = torch.zeros(len(dataset), dtype=torch.bool)
+        for c in dataset.labels.unique().tolist():
+            idx = torch.nonzero(dataset.labels == c).flatten()
+            n = min(len(idx), int(round(self.removal_factor * self.epsilon * len(idx))))
+            if n:
+                flagged[idx[torch.argsort(scores[idx], descending=True, stable=True)[:n]]] = True
+        return flagged
+
+    def params(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "removal_factor": self.removal_factor, "batch_size": self.batch_size}

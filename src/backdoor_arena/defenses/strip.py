@@ -1,0 +1,117 @@
+"""STRIP (Gao et al., ACSAC 2019): superimpose an input with N clean images; a trojaned input keeps
+predicting the target whatever it is mixed with, so the mean entropy of its predictions is low.
+
+All N overlays of a chunk of inputs go through the model in one batched forward pass. Superimposition
+follows the authors' script (cv2.addWeighted(x, 1, overlay, 1, 0): a saturating pixel sum) by default,
+or a linear blend with weight `alpha`. The threshold is set on clean inputs (disjoint from the overlay
+pool) at the chosen false-rejection rate: empirically (the clean quantile) or, as in the paper, from a
+normal distribution fitted to the clean entropies.
+
+Scores are suspicion = -entropy (higher = more suspicious), so AUROC is computed on them directly.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.dataset import Dataset, to_float
+from ..detection_metrics import threshold_at_frr
+from ..errors import ConfigError
+from . import INPUT_DETECTORS
+from .base import model_copy
+from .spectral import check_clean_set
+
+MODES = ("add", "blend")
+THRESHOLDS = ("empirical", "normal")
+
+
+def superimpose(x: torch.Tensor, overlays: torch.Tensor, mode: str = "add", alpha: float = 0.5) -> torch.Tensor:
+    """Every input [B, C, H, W] with every overlay [N, C, H, W]: [B * N, C, H, W], input-major."""
+    a, o = x[:, None], overlays[None]
+    out = (a + o).clamp(0, 1) if mode == "add" else (1 - alpha) * a + alpha * o
+    return out.reshape(-1, *x.shape[1:])
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (bits) of the softmax of each row."""
+    logp = torch.log_softmax(logits.double(), dim=1)
+    return -(logp.exp() * logp).sum(1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+
+
+@INPUT_DETECTORS.register("strip")
+class Strip:
+    """Input detector: fit(model, clean) then score(x) -> -mean entropy; flags score > threshold."""
+
+    def __init__(self, n_overlays: int = 100, frr: float = 0.01, mode: str = "add", alpha: float = 0.5,
+                 threshold_method: str = "empirical", n_fit: int = 1000, chunk: int = 20, seed: int = 0) -> None:
+        problems = []
+        for name, v in (("n_overlays", n_overlays), ("n_fit", n_fit), ("chunk", chunk)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(frr, (int, float)) or not 0 < frr < 1:
+            problems.append(f"frr must be in (0, 1), got {frr!r}")
+        if mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            problems.append(f"alpha must be in (0, 1), got {alpha!r}")
+        if threshold_method not in THRESHOLDS:
+            problems.append(f"threshold_method must be one of {', '.join(THRESHOLDS)}, got {threshold_method!r}")
+        if problems:
+            raise ConfigError("strip: " + "; ".join(problems))
+        self.n_overlays, self.frr, self.mode, self.alpha = n_overlays, float(frr), mode, float(alpha)
+        self.threshold_method, self.n_fit, self.chunk, self.seed = threshold_method, n_fit, chunk, int(seed)
+        self.model: nn.Module | None = None
+        self.overlays: torch.Tensor | None = None
+        self.threshold: float | None = None
+        self.clean_scores: torch.Tensor | None = None
+
+    def fit(self, model: nn.Module, clean: Dataset) -> Strip:
+        net = model_copy(model)
+        x = check_clean_set(net, clean, "strip")
+        if len(x) < self.n_overlays + 10:
+            raise ConfigError(f"strip: the clean set has {len(x)} images; it needs at least n_overlays + 10 = "
+                              f"{self.n_overlays + 10} (overlays, plus clean inputs to set the threshold)")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        self.model, self.overlays = net, x[order[: self.n_overlays]]
+        fit_x = x[order[self.n_overlays :][: self.n_fit]]
+        self.clean_scores = self.score(fit_x)
+        if self.threshold_method == "normal":
+            ent = -self.clean_scores
+            dist = NormalDist(float(ent.mean()), max(float(ent.std()), 1e-12))
+            self.threshold = -dist.inv_cdf(self.frr)  # entropy below the frr quantile of the fit -> flagged
+        else:
+            self.threshold = threshold_at_frr(self.clean_scores, self.frr)
+        return self
+
+    def entropy(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean entropy over the N superimposed copies of each input (the paper's H)."""
+        if self.model is None or self.overlays is None:
+            raise ConfigError("strip: call fit(model, clean) before scoring inputs")
+        x = check_clean_set(self.model, x, "strip")
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), self.chunk):
+                batch = x[i : i + self.chunk]
+                logits = self.model(superimpose(batch, self.overlays, self.mode, self.alpha))
+                out.append(prediction_entropy(logits).view(len(batch), -1).mean(1))
+        return torch.cat(out)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.entropy(x)
+
+    def flag(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threshold is None:
+            raise ConfigError("strip: call fit(model, clean) before flagging inputs")
+        return self.score(x) > self.threshold
+
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("n_overlays", "frr", "mode", "alpha", "threshold_method", "n_fit",
+                                              "chunk", "seed")}
+
+
+def images_of(data: Dataset | torch.Tensor) -> torch.Tensor:
+    return to_float(data.images if isinstance(data, Dataset) else data)

@@ -1,0 +1,383 @@
+"""Removal defenses on model files: `defend` (one defense, one model) and `compare_defenses` (pruning,
+fine-tuning, fine-pruning and DP-SGD training on BadNets and pruning-aware models, table + figures).
+
+The defender gets the model file and a clean hold-out of the training split; the attack spec, when
+given, goes to the evaluator only, which measures accuracy and ASR on the test split before and after,
+and along the defense's curve through an opaque `monitor(model) -> metrics` callback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import PoisoningAttack, load_attack_spec
+from ..data import load_dataset
+from ..data.dataset import Dataset
+from ..defenses import MITIGATIONS, clean_holdout
+from ..defenses import finetuning as _finetuning  # noqa: F401  (registrations)
+from ..defenses import pruning as _pruning  # noqa: F401  (registrations)
+from ..errors import ConfigError, IncompatibleError
+from ..metrics import evaluate as evaluate_metrics
+from ..modelfile import Manifest, load_model, save_model
+from ..report import markdown_table, write_jsonl
+from ..runtime import set_threads, versions
+
+REMOVAL_DEFENSES = ("pruning", "fine-tuning", "fine-pruning")
+METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+
+
+def make_defense(name: str, params: dict[str, Any] | None = None, *, seed: int = 0, progress: bool = False) -> Any:
+    """A registered mitigation with keyword parameters (a ConfigError names a parameter it does not take)."""
+    factory = MITIGATIONS.get(name)
+    params = dict(params or {})
+    if name != "pruning":
+        params.setdefault("seed", seed)
+    params.setdefault("progress", progress)
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ConfigError(f"{name}: bad parameter ({exc})") from None
+
+
+def make_monitor(test: Dataset, attack: PoisoningAttack | None, samples: int | None = None,
+                 seed: int = 0) -> Callable[[nn.Module], dict[str, float]]:
+    """The evaluator's view along a curve: test accuracy and, with an attack, ASR. With `samples`, on
+    a seeded subset of that many clean test inputs and at most that many eligible (triggerable) ones."""
+    g = torch.Generator().manual_seed(seed)
+    clean = test if samples is None or samples >= len(test) else test.subset(torch.randperm(len(test), generator=g)[:samples])
+    triggered = None
+    if attack is not None:
+        eligible = torch.nonzero(attack.eligible(test.labels)).flatten()
+        if samples is not None and len(eligible) > samples:
+            eligible = eligible[torch.randperm(len(eligible), generator=g)[:samples]].sort().values
+        triggered = test.subset(eligible)
+
+    def monitor(model: nn.Module) -> dict[str, float]:
+        out = {"clean_accuracy": evaluate_metrics(model, clean)["clean_accuracy"]}
+        if triggered is not None:
+            out["attack_success_rate"] = evaluate_metrics(model, triggered, attack)["attack_success_rate"]
+        return out
+
+    return monitor
+
+
+def _metrics(model: nn.Module, test: Dataset, attack: PoisoningAttack | None) -> dict[str, float]:
+    r = evaluate_metrics(model, test, attack)
+    return {k: r[k] for k in METRIC_KEYS if k in r}
+
+
+def curve_paths(out: str | Path) -> tuple[Path, Path]:
+    """`R.safetensors` -> (`R.curve.png`, `R.curve.jsonl`), beside the repaired model."""
+    out = Path(out)
+    stem = out.name.removesuffix(".safetensors")
+    return out.with_name(stem + ".curve.png"), out.with_name(stem + ".curve.jsonl")
+
+
+def defend(
+    defense: str, model_path: str | Path, out: str | Path, *, clean_fraction: float = 0.05,
+    attack_spec: str | Path | None = None, seed: int = 0, params: dict[str, Any] | None = None,
+    curve_samples: int | None = 2000, data_root: str | Path | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Repair a model file with a registered mitigation and write the repaired model file, its curve
+    (PNG + JSONL) beside it; returns `before`/`after` metrics on the test split (ASR with a spec)."""
+    out = Path(out)
+    if out.suffix != ".safetensors" or out.is_dir():
+        raise ConfigError(f"--out must be a file name ending in .safetensors, got {str(out)!r}")
+    if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction <= 1):
+        raise ConfigError(f"--clean-fraction must be in (0, 1], got {clean_fraction!r}")
+    set_threads()
+    mitigation = make_defense(defense, params, seed=seed, progress=progress)
+    loaded = load_model(model_path)
+    atk = load_attack_spec(attack_spec) if attack_spec is not None else None
+    m = loaded.manifest
+    if atk is not None and atk.num_classes != m.num_classes:
+        raise IncompatibleError(f"the attack spec is for {atk.num_classes} classes but the model has {m.num_classes}")
+    train = load_dataset(m.dataset, "train", data_root)
+    test = load_dataset(m.dataset, "test", data_root)
+    _, clean = clean_holdout(train, clean_fraction, seed)
+    before = _metrics(loaded.model, test, atk)
+    started = time.perf_counter()
+    repaired = mitigation.repair(loaded.model, clean, monitor=make_monitor(test, atk, curve_samples, seed))
+    wall = time.perf_counter() - started
+    after = _metrics(repaired.model, test, atk)
+    info = {k: v for k, v in repaired.info.items() if k not in ("wall_time_s",)}
+    # The repaired file goes back to users: clean metrics only, never ASR or the spec.
+    training = {
+        "defense": {"name": defense, "params": mitigation.params(), "clean_fraction": clean_fraction,
+                    "clean_samples": len(clean), "seed": seed, "details": info},
+        "repaired_from": {"path": str(model_path), "tensors_sha256": m.tensors_sha256, "training": m.training},
+        "metrics": {"clean_accuracy": after["clean_accuracy"]}, "versions": versions(),
+        "wall_time_s": round(wall, 3),
+    }
+    manifest = save_model(out, repaired.model, Manifest(
+        architecture=m.architecture, arch_args=m.arch_args, dataset=m.dataset, input_shape=m.input_shape,
+        num_classes=m.num_classes, class_names=m.class_names, training=training))
+    png, jsonl = curve_paths(out)
+    write_jsonl(jsonl, [{"defense": defense, "model": str(model_path), **row} for row in repaired.curve])
+    plot_defense_curve(png, repaired.curve, defense, title=f"{defense} on {Path(model_path).name}",
+                       chosen=info.get("fraction_pruned"))
+    return {"defense": defense, "model": str(model_path), "out": str(out), "curve_png": str(png),
+            "curve_jsonl": str(jsonl), "params": mitigation.params(), "clean_samples": len(clean),
+            "before": before, "after": after, "fraction_pruned": info.get("fraction_pruned"),
+            "wall_time_s": round(wall, 3), "tensors_sha256": manifest.tensors_sha256}
+
+
+# -- plots (from curve records) ----------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_prune(ax: Any, rows: list[dict[str, Any]], chosen: float | None, title: str) -> None:
+    x = [r["fraction_pruned"] for r in rows]
+    ax.plot(x, [r["holdout_accuracy"] for r in rows], color="tab:green", ls=":", label="defender's clean set accuracy")
+    if "clean_accuracy" in rows[0]:
+        ax.plot(x, [r["clean_accuracy"] for r in rows], color="tab:blue", label="test clean accuracy")
+    if "attack_success_rate" in rows[0]:
+        ax.plot(x, [r["attack_success_rate"] for r in rows], color="tab:red", ls="--", label="attack success rate")
+    if chosen is not None:
+        ax.axvline(chosen, color="gray", lw=0.8)
+        ax.text(chosen, 0.5, " stop", fontsize=7, color="gray")
+    ax.set_xlabel("fraction of last-conv channels pruned")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+
+
+def _plot_epochs(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
+    x = [r["epoch"] for r in rows]
+    if "clean_accuracy" in rows[0]:
+        ax.plot(x, [r["clean_accuracy"] for r in rows], color="tab:blue", marker="o", ms=3, label="test clean accuracy")
+    if "attack_success_rate" in rows[0]:
+        ax.plot(x, [r["attack_success_rate"] for r in rows], color="tab:red", ls="--", marker="x", ms=3,
+                label="attack success rate")
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+
+
+def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: str, *, title: str = "",
+                       chosen: float | None = None) -> Path:
+    """The prune curve (accuracy, ASR vs fraction pruned) and/or the fine-tuning curve (vs epoch)."""
+    plt = _pyplot()
+    prune = [r for r in curve if "fraction_pruned" in r]
+    tune = [r for r in curve if "epoch" in r]
+    panels = [p for p in (prune, tune) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
+    i = 0
+    if prune:
+        _plot_prune(axes[0][i], prune, chosen, f"{title}: pruning")
+        i += 1
+    if tune:
+        _plot_epochs(axes[0][i], tune, f"{title}: fine-tuning" + (" (pruned channels held at 0)" if prune else ""))
+    axes[0][0].set_ylabel("fraction")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the comparison ---------------------------------------------------------------------------------
+COLUMNS = ["model", "defense", "clean_accuracy", "attack_success_rate", "clean_drop_points", "fraction_pruned",
+           "epsilon", "wall_time_s"]
+FORMATS = {"clean_accuracy": ".4f", "attack_success_rate": ".4f", "clean_drop_points": "+.2f",
+           "fraction_pruned": ".3f", "epsilon": ".2f", "wall_time_s": ".1f"}
+
+
+def _subject(path: Path, spec: Path | None = None) -> tuple[Path, Path]:
+    spec = spec or path.with_name(path.name.removesuffix(".safetensors") + ".attack.json")
+    for p in (path, spec):
+        if not p.is_file():
+            raise ConfigError(f"{str(p)!r} does not exist; give an existing model file (and its .attack.json)")
+    return path, spec
+
+
+def compare_defenses(
+    out_dir: str | Path, *, gtsrb: bool = False, mnist_model: str | Path | None = None,
+    mnist_clean_model: str | Path | None = None, gtsrb_model: str | Path | None = None, epochs: int = 4,
+    clean_fraction: float = 0.05, seed: int = 0, dp_clip: float = 1.0, dp_noise: float = 0.5, dp_epochs: int = 4,
+    dp_batch_size: int = 256, dp_lr: float = 0.1, tune_epochs: int = 10, tune_lr: float = 0.01,
+    max_accuracy_drop: float = 0.04, curve_samples: int = 2000, data_root: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every removal defense on the MNIST BadNets model (pattern trigger, target 7, 10%), on the MNIST
+    pruning-aware attack, DP-SGD training on the same poisoned MNIST data, and with `gtsrb` on the GTSRB
+    stop-sign model; writes records.jsonl, summary.md/json and figures into `out_dir`.
+
+    Model files given by path are reused (with their `.attack.json`); missing ones are trained into
+    `out_dir/models/`."""
+    from .. import api
+
+    out_dir = Path(out_dir)
+    models_dir = out_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    set_threads()
+    started = time.perf_counter()
+    mnist = {"dataset": "mnist", "model": "badnet-mnist", "epochs": epochs, "seed": seed, "target": 7,
+             "trigger": "pattern", "poison_rate": 0.1, "data_root": data_root, "progress": progress}
+    subjects: dict[str, tuple[Path, Path, dict[str, Any]]] = {}
+    training_times: dict[str, float] = {}
+
+    def trained(name: str, **kw: Any) -> tuple[Path, Path, dict[str, Any]]:
+        t = time.perf_counter()
+        r = api.attack(out=models_dir / f"{name}.safetensors", **kw)
+        training_times[name] = time.perf_counter() - t
+        return r.path, r.spec_path, r.manifest.training
+
+    if mnist_model is not None:
+        p, s = _subject(Path(mnist_model))
+        subjects["mnist-badnets"] = (p, s, load_model(p).manifest.training)
+    else:
+        subjects["mnist-badnets"] = trained("mnist-badnets", kind="badnets", **mnist)
+    subjects["mnist-pruning-aware"] = trained("mnist-pruning-aware", kind="pruning-aware", clean_model=mnist_clean_model,
+                                              prune_accuracy_drop=max_accuracy_drop, **mnist)
+    dp_kw = {**mnist, "epochs": dp_epochs, "batch_size": dp_batch_size, "lr": dp_lr}
+    subjects["mnist-badnets-dp-sgd"] = trained("mnist-badnets-dp-sgd", kind="badnets", dp_clip=dp_clip,
+                                               dp_noise=dp_noise, **dp_kw)
+    if gtsrb:
+        if gtsrb_model is not None:
+            p, s = _subject(Path(gtsrb_model))
+            subjects["gtsrb-stop30"] = (p, s, load_model(p).manifest.training)
+        else:
+            subjects["gtsrb-stop30"] = trained(
+                "gtsrb-stop30", kind="badnets", dataset="gtsrb", model="gtsrb-cnn", epochs=5, seed=seed,
+                weight_decay=0.0005, mode="source-specific", sources=(14,), target=1, trigger="square",
+                trigger_options={"size": 4, "color": "yellow", "position": (22, 14)}, poison_rate=0.0199,
+                data_root=data_root, progress=progress)
+
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    for name, (path, spec, training) in subjects.items():
+        loaded = load_model(path)
+        atk = load_attack_spec(spec)
+        train = load_dataset(loaded.manifest.dataset, "train", data_root)
+        test = load_dataset(loaded.manifest.dataset, "test", data_root)
+        _, clean = clean_holdout(train, clean_fraction, seed)
+        base = _metrics(loaded.model, test, atk)
+        privacy = training.get("privacy") or {}
+        rows.append({"model": name, "defense": "none" if not privacy else "DP-SGD training", **base,
+                     "clean_drop_points": 0.0, "epsilon": privacy.get("epsilon"),
+                     "wall_time_s": training_times.get(name, training.get("wall_time_s"))})
+        if privacy:  # DP-SGD is the defense here: the mitigations are measured on the non-private models
+            continue
+        params = {"pruning": {"max_accuracy_drop": max_accuracy_drop, "step": max(1, _channels(loaded.model) // 64)},
+                  "fine-tuning": {"epochs": tune_epochs, "lr": tune_lr},
+                  "fine-pruning": {"max_accuracy_drop": max_accuracy_drop, "epochs": tune_epochs, "lr": tune_lr,
+                                   "step": max(1, _channels(loaded.model) // 64)}}
+        for defense in REMOVAL_DEFENSES:
+            mitigation = make_defense(defense, params[defense], seed=seed, progress=progress)
+            monitor, spent = _timed(make_monitor(test, atk, curve_samples, seed))
+            t = time.perf_counter()
+            repaired = mitigation.repair(loaded.model, clean, monitor=monitor)
+            wall = time.perf_counter() - t - spent[0]  # the defense's own time, not the evaluator's
+            after = _metrics(repaired.model, test, atk)
+            rows.append({"model": name, "defense": defense, **after,
+                         "clean_drop_points": 100 * (after["clean_accuracy"] - base["clean_accuracy"]),
+                         "fraction_pruned": repaired.info.get("fraction_pruned"), "wall_time_s": wall})
+            curves += [{"model": name, "defense": defense, **row} for row in repaired.curve]
+    config = {"gtsrb": gtsrb, "epochs": epochs, "clean_fraction": clean_fraction, "seed": seed, "dp_clip": dp_clip,
+              "dp_noise": dp_noise, "dp_epochs": dp_epochs, "dp_batch_size": dp_batch_size, "dp_lr": dp_lr,
+              "tune_epochs": tune_epochs, "tune_lr": tune_lr, "max_accuracy_drop": max_accuracy_drop,
+              "curve_samples": curve_samples, "models": {k: str(v[0]) for k, v in subjects.items()}}
+    common = {"scenario": "removal-defenses", "seed": seed, "versions": versions()}
+    write_jsonl(out_dir / "records.jsonl", [{**common, "kind": "result", **r} for r in rows]
+                + [{**common, "kind": "curve", **c} for c in curves])
+    table = markdown_table(rows, COLUMNS, FORMATS)
+    (out_dir / "summary.md").write_text(table)
+    summary = {"config": config, "rows": rows, "wall_time_s": time.perf_counter() - started, "versions": versions()}
+    (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=1, sort_keys=True))
+    figures = plot_comparison(out_dir, rows, curves)
+    return {**summary, "table": table, "figures": [str(f) for f in figures]}
+
+
+def _channels(model: nn.Module) -> int:
+    from ..defenses.pruning import prune_site
+
+    return prune_site(model).channels
+
+
+def _timed(fn: Callable[[nn.Module], dict[str, float]]) -> tuple[Callable[[nn.Module], dict[str, float]], list[float]]:
+    spent = [0.0]
+
+    def wrapped(model: nn.Module) -> dict[str, float]:
+        t = time.perf_counter()
+        try:
+            return fn(model)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    return wrapped, spent
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no infinity: an unbounded epsilon is written as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> list[Path]:
+    """prune-curves.png, finetune-curves.png and summary.png, from the records."""
+    plt = _pyplot()
+    paths = []
+    models = list(dict.fromkeys(r["model"] for r in curves))
+    if models:
+        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.3), squeeze=False)
+        for ax, model in zip(axes[0], models, strict=True):
+            prune = [c for c in curves if c["model"] == model and c["defense"] == "pruning"]
+            chosen = next((r["fraction_pruned"] for r in rows if r["model"] == model and r["defense"] == "pruning"), None)
+            _plot_prune(ax, prune, chosen, model)
+        axes[0][0].set_ylabel("fraction")
+        axes[0][0].legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        paths.append(out_dir / "prune-curves.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 5.8), squeeze=False)
+        for j, model in enumerate(models):
+            for i, defense in enumerate(("fine-tuning", "fine-pruning")):
+                tune = [c for c in curves if c["model"] == model and c["defense"] == defense and "epoch" in c]
+                _plot_epochs(axes[i][j], tune, f"{model}: {defense}")
+        axes[0][0].legend(fontsize=7, loc="center right")
+        fig.tight_layout()
+        paths.append(out_dir / "finetune-curves.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    labels = [f"{r['model']}\n{r['defense']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 3.6))
+    x = torch.arange(len(rows)).float()
+    ax.bar((x - 0.2).tolist(), [r["clean_accuracy"] for r in rows], width=0.4, color="tab:blue", label="clean accuracy")
+    ax.bar((x + 0.2).tolist(), [r.get("attack_success_rate", 0.0) for r in rows], width=0.4, color="tab:red",
+           label="attack success rate")
+    ax.set_xticks(x.tolist())
+    ax.set_xticklabels(labels, fontsize=6, rotation=60, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "summary.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,93 @@
+"""Figures shaped like Sun et al. 2019's, made from round records only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    recs = [r for r in records if r["round"] > 0]
+    x = np.array([r["round"] for r in recs])
+    main = np.array([r["main_accuracy"] for r in recs], dtype=float)
+    bd = np.array([r["backdoor_accuracy"] for r in recs], dtype=float)
+    cum = np.cumsum(bd) / np.arange(1, len(bd) + 1) if len(bd) else bd
+    return x, main, bd, cum
+
+
+def _draw(ax, records: list[dict[str, Any]], title: str) -> None:
+    x, main, bd, cum = _series(records)
+    ax.plot(x, main, color="tab:blue", lw=1.2, label="main task")
+    ax.plot(x, bd, color="tab:red", lw=1.0, label="backdoor")
+    ax.plot(x, cum, color="tab:green", lw=1.6, label="backdoor cumulative mean")
+    attacked = [r["round"] for r in records if r.get("n_malicious")]
+    if attacked:
+        ax.plot(attacked, [0.02] * len(attacked), "|", color="black", ms=6, label="attacked round")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def plot_run(path: str | Path, records: list[dict[str, Any]], title: str = "") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    _draw(ax, records, title)
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_panels(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
+    """One panel per run (Figures 1-3 of the paper: main, backdoor and its cumulative mean per round)."""
+    plt = _plt()
+    n = len(runs)
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows), squeeze=False)
+    for ax, (label, recs) in zip(axes.flat, runs.items(), strict=False):
+        _draw(ax, recs, label)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="center right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_overlay(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
+    """All runs in one axes (Figure 4 of the paper): dotted main task, solid backdoor."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, recs) in enumerate(runs.items()):
+        x, main, bd, _ = _series(recs)
+        c = colors[i % len(colors)]
+        ax.plot(x, main, ls=":", color=c, lw=1.3)
+        ax.plot(x, bd, ls="-", color=c, lw=1.3, label=label)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (dotted: main task, solid: backdoor)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
