@@ -83,6 +83,21 @@ def test_defend_fine_pruning_cli_removes_the_backdoor(backdoored, tmp_path, caps
     assert set(r["before"]) == {"clean_accuracy"} and set(r["after"]) == {"clean_accuracy"}
 
 
+def test_defend_nc_unlearning_cli_unlearns_the_reversed_trigger(backdoored, tmp_path, capsys, monkeypatch):
+    path, spec, _ = backdoored
+    out = tmp_path / "unlearned.safetensors"
+    code, stdout, err = run_cli(["defend", "nc-unlearning", str(path), "--out", str(out), "--attack-spec", str(spec),
+                                 "--steps", "100", "--json", "--quiet"], capsys, monkeypatch)
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["before"]["attack_success_rate"] > 0.95
+    assert r["after"]["attack_success_rate"] < 0.1
+    assert r["after"]["clean_accuracy"] >= r["before"]["clean_accuracy"] - 0.02
+    defense = load_model(out).manifest.training["defense"]
+    assert defense["name"] == "nc-unlearning" and defense["params"]["detector"]["steps"] == 100
+    assert out.with_name("unlearned.curve.png").stat().st_size > 1000
+
+
 def test_each_defense_on_real_mnist_never_mutates_its_input(backdoored, mnist):
     path, _, atk = backdoored
     train, test = mnist

@@ -60,3 +60,10 @@ def test_validate_command_exit_codes(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "federation.rounds" in err and "attack" in err
     assert run_cli(["fl", "validate", str(tmp_path / "missing.toml")], capsys, monkeypatch)[0] == 2
     assert run_cli(["fl", "run", "--help"], capsys, monkeypatch)[0] == 0
+
+
+def test_variant_labels_become_one_folder_each():
+    from backdoor_arena.federated.simulation import variant_dir
+
+    assert variant_dir("fixed f=1/10 (eps 0.33%)") == "fixed-f=1-10-eps-0.33%"
+    assert variant_dir("M=3") == "M=3" and variant_dir("///") == "variant"

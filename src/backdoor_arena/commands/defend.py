@@ -39,8 +39,8 @@ def _run(defense: str, model_file: Path, out: Path, clean_fraction: float, attac
     if json_out:
         typer.echo(json.dumps(r, sort_keys=True))
         return
-    typer.echo(f"wrote {r['out']} and {r['curve_png']} ({defense}, {r['clean_samples']} clean samples, "
-               f"{r['wall_time_s']:.1f} s)")
+    wrote = r["out"] + (f" and {r['curve_png']}" if r["curve_png"] else "")
+    typer.echo(f"wrote {wrote} ({defense}, {r['clean_samples']} clean samples, {r['wall_time_s']:.1f} s)")
     if r["fraction_pruned"] is not None:
         typer.echo(f"pruned {100 * r['fraction_pruned']:.1f}% of the last conv layer's channels")
     for when in ("before", "after"):
@@ -79,6 +79,20 @@ def register(app: typer.Typer) -> None:
         """Prune, then fine-tune with the pruned channels held at zero (Liu et al. 2018)."""
         _run("fine-pruning", model_file, out, clean_fraction, attack_spec, seed,
              {"max_accuracy_drop": max_accuracy_drop, "epochs": epochs, "lr": lr}, data_root, quiet, json_out)
+
+    @group.command("nc-unlearning")
+    def nc_unlearning(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
+                      attack_spec: AttackSpec = None, epochs: Annotated[int, typer.Option(
+                          help="Unlearning epochs over the clean set.")] = 2,
+                      stamp_fraction: Annotated[float, typer.Option(
+                          help="Fraction of the clean set stamped with the reversed trigger (labels kept).")] = 0.2,
+                      lr: Lr = 0.01, steps: Annotated[int, typer.Option(
+                          help="Neural Cleanse optimisation steps (trigger reverse-engineering).")] = 200,
+                      seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False) -> None:
+        """Reverse-engineer the trigger with Neural Cleanse, then unlearn it (Wang et al. 2019)."""
+        _run("nc-unlearning", model_file, out, clean_fraction, attack_spec, seed,
+             {"epochs": epochs, "stamp_fraction": stamp_fraction, "lr": lr,
+              "detector": {"steps": steps, "batch_size": 16}}, data_root, quiet, json_out)
 
     @group.command("compare")
     def compare(

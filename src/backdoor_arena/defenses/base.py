@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,10 @@ from torch import nn
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError, IncompatibleError
+
+# The evaluator's view along a defense's curve (test accuracy, ASR): opaque to the defense, which only
+# calls it and records what it returns.
+Monitor = Callable[[nn.Module], dict[str, float]]
 
 
 @dataclass(frozen=True, eq=False)

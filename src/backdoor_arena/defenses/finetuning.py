@@ -21,8 +21,8 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..train import OPTIMIZERS, TrainConfig, fit
 from . import MITIGATIONS
-from .base import Repaired, model_copy
-from .pruning import Monitor, Pruning, check_clean, check_fraction, clean_accuracy_of, freeze_channels, prune_site
+from .base import Monitor, Repaired, model_copy
+from .pruning import Pruning, check_clean, check_fraction, clean_accuracy_of, freeze_channels, prune_site
 
 
 def _tune_config(epochs: int, lr: float, batch_size: int, optimizer: str, momentum: float, weight_decay: float,

@@ -1,8 +1,9 @@
 """Neural Cleanse (Wang et al., S&P 2019): reverse-engineer, for every label, the smallest mask and pattern
 that send clean inputs to that label; a label whose mask is anomalously small is a backdoor target.
 
-All labels are optimised in ONE batched problem: masks [K, 1, H, W] and patterns [K, C, H, W] are applied
-to the same mini-batch repeated per label, so one forward/backward pass serves every label. The losses of
+All labels are optimised as ONE batched problem: masks [K, 1, H, W] and patterns [K, C, H, W] are applied
+to the same mini-batch repeated per label, so one forward/backward pass serves many labels (as many as fit
+`pass_images` images: on a CPU a pass too large for the caches is slower than several). The losses of
 different labels touch disjoint parameters and Adam is element-wise, so the batched problem is exactly K
 independent problems (`batched=False` runs the same code one label at a time: the oracle and benchmark).
 
@@ -36,7 +37,7 @@ from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError
 from ..runtime import seeded
 from . import MITIGATIONS, MODEL_DETECTORS
-from .base import ModelVerdict, Repaired, model_copy
+from .base import ModelVerdict, Monitor, Repaired, model_copy
 from .spectral import check_clean_set, penultimate_features
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation of a normal
@@ -90,10 +91,10 @@ class NeuralCleanse:
     def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                  success_threshold: float = 0.99, patience: int = 5, check_every: int = 10,
                  cost_multiplier: float = 1.5, threshold: float = 2.0, n_samples: int = 1000, batched: bool = True,
-                 seed: int = 0, progress: bool = False) -> None:
+                 pass_images: int = 160, seed: int = 0, progress: bool = False) -> None:
         problems = []
         for name, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience),
-                        ("check_every", check_every), ("n_samples", n_samples)):
+                        ("check_every", check_every), ("n_samples", n_samples), ("pass_images", pass_images)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
         for name, v in (("lr", lr), ("threshold", threshold)):
@@ -111,6 +112,7 @@ class NeuralCleanse:
         self.success_threshold, self.patience, self.check_every = float(success_threshold), patience, check_every
         self.cost_multiplier, self.threshold, self.n_samples = float(cost_multiplier), float(threshold), n_samples
         self.batched, self.seed, self.progress = bool(batched), int(seed), bool(progress)
+        self.pass_images = pass_images
 
     # -- reverse engineering ----------------------------------------------------------------
     def reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
@@ -128,7 +130,10 @@ class NeuralCleanse:
         init_mask = torch.rand(k, 1, h, w, generator=g) * 2 - 1
         init_pattern = torch.rand(k, c, h, w, generator=g) * 2 - 1
         batches = torch.randint(len(x_all), (self.steps, self.batch_size), generator=g)
-        groups = [list(range(k))] if self.batched else [[label] for label in range(k)]
+        # Batched: as many labels per pass as fit `pass_images` images. On 2 CPU cores one pass of 320
+        # images (10 labels x 32) was slower than ten passes of 32 (activations spill out of the caches).
+        per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
+        groups = [list(range(i, min(k, i + per_pass))) for i in range(0, k, per_pass)]
         parts = []
         bar = tqdm(total=self.steps * len(groups), desc="neural-cleanse", unit="step", disable=not self.progress,
                    leave=False)
@@ -231,7 +236,7 @@ class NeuralCleanse:
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("steps", "batch_size", "lr", "init_cost", "success_threshold",
                                               "patience", "check_every", "cost_multiplier", "threshold",
-                                              "n_samples", "batched", "seed")}
+                                              "n_samples", "batched", "pass_images", "seed")}
 
 
 def plot_reversed(path: str | Path, masks: torch.Tensor, patterns: torch.Tensor, norms: torch.Tensor,
@@ -283,7 +288,8 @@ class NeuralCleanseUnlearning:
     `stamp_fraction` of it, labels kept (paper: 1 epoch, 10% of the training data, 20% stamped)."""
 
     def __init__(self, epochs: int = 2, stamp_fraction: float = 0.2, lr: float = 0.01, batch_size: int = 32,
-                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0) -> None:
+                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"nc-unlearning: epochs must be a positive integer, got {epochs!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -292,9 +298,16 @@ class NeuralCleanseUnlearning:
             raise ConfigError(f"nc-unlearning: lr must be positive, got {lr!r}")
         self.stamp_fraction = _check_fraction("nc-unlearning: stamp_fraction", stamp_fraction)
         self.epochs, self.lr, self.batch_size, self.label, self.seed = epochs, float(lr), batch_size, label, seed
-        self.detector = NeuralCleanse(**{"seed": seed, **(detector or {})})
+        self.detector = NeuralCleanse(**{"seed": seed, "progress": progress, **(detector or {})})
 
-    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None) -> Repaired:
+    def params(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "stamp_fraction": self.stamp_fraction, "lr": self.lr,
+                "batch_size": self.batch_size, "label": self.label, "seed": self.seed,
+                "detector": self.detector.params()}
+
+    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None, *,
+               monitor: Monitor | None = None) -> Repaired:
+        """`monitor(model) -> metrics` is the evaluator's view, merged into each epoch's curve row."""
         rev = reversed_triggers or self.detector.reverse(model, clean)
         label = _target_label(rev, self.label)
         net = model_copy(model)
@@ -317,7 +330,7 @@ class NeuralCleanseUnlearning:
                     loss.backward()
                     opt.step()
             net.eval()
-            curve.append({"epoch": epoch + 1, **_reversed_effect(net, clean, rev, label)})
+            curve.append({"epoch": epoch + 1, **_reversed_effect(net, clean, rev, label), **_watch(monitor, net)})
         net.eval()
         return Repaired(net, curve, {"label": label, "stamped": int(stamp.sum()), "norms": rev.norms.tolist()})
 
@@ -329,14 +342,21 @@ class NeuralCleansePruning:
     `max_fraction` of the neurons are gone)."""
 
     def __init__(self, stop_success: float = 0.05, max_fraction: float = 0.5, step_fraction: float = 0.02,
-                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0) -> None:
+                 label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
         self.stop_success = _check_fraction("nc-pruning: stop_success", stop_success, low_open=False)
         self.max_fraction = _check_fraction("nc-pruning: max_fraction", max_fraction)
         self.step_fraction = _check_fraction("nc-pruning: step_fraction", step_fraction)
         self.label, self.seed = label, seed
-        self.detector = NeuralCleanse(**{"seed": seed, **(detector or {})})
+        self.detector = NeuralCleanse(**{"seed": seed, "progress": progress, **(detector or {})})
 
-    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None) -> Repaired:
+    def params(self) -> dict[str, Any]:
+        return {"stop_success": self.stop_success, "max_fraction": self.max_fraction,
+                "step_fraction": self.step_fraction, "label": self.label, "seed": self.seed,
+                "detector": self.detector.params()}
+
+    def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None, *,
+               monitor: Monitor | None = None) -> Repaired:
         rev = reversed_triggers or self.detector.reverse(model, clean)
         label = _target_label(rev, self.label)
         net = model_copy(model)
@@ -347,15 +367,20 @@ class NeuralCleansePruning:
         final = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
         n = len(order)
         step = max(1, round(self.step_fraction * n))
-        curve = [{"pruned": 0, "fraction": 0.0, **_reversed_effect(net, clean, rev, label)}]
+        curve = [{"pruned": 0, "fraction": 0.0, **_reversed_effect(net, clean, rev, label), **_watch(monitor, net)}]
         pruned = 0
         while curve[-1]["reversed_success"] > self.stop_success and pruned + step <= self.max_fraction * n:
             with torch.no_grad():
                 final.weight[:, order[pruned : pruned + step]] = 0  # a neuron whose output no one reads is pruned
             pruned += step
-            curve.append({"pruned": pruned, "fraction": pruned / n, **_reversed_effect(net, clean, rev, label)})
+            curve.append({"pruned": pruned, "fraction": pruned / n, **_reversed_effect(net, clean, rev, label),
+                          **_watch(monitor, net)})
         return Repaired(net, curve, {"label": label, "pruned": pruned, "neurons": n,
                                      "pruned_neurons": order[:pruned].tolist()})
+
+
+def _watch(monitor: Monitor | None, net: nn.Module) -> dict[str, float]:
+    return monitor(net) if monitor is not None else {}
 
 
 def _reversed_effect(net: nn.Module, clean: Dataset, rev: ReversedTriggers, label: int) -> dict[str, float]:

@@ -15,7 +15,6 @@ spec the defender never sees) is kept against the fraction pruned.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,7 @@ from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError, IncompatibleError
 from ..metrics import accuracy, predict
 from . import MITIGATIONS
-from .base import Repaired, capture_activations, last_conv, model_copy
-
-Monitor = Callable[[nn.Module], dict[str, float]]
+from .base import Monitor, Repaired, capture_activations, last_conv, model_copy
 
 
 @dataclass(frozen=True, eq=False)

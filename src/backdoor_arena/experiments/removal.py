@@ -122,9 +122,9 @@ def defend(
         num_classes=m.num_classes, class_names=m.class_names, training=training))
     png, jsonl = curve_paths(out)
     write_jsonl(jsonl, [{"defense": defense, "model": str(model_path), **row} for row in repaired.curve])
-    plot_defense_curve(png, repaired.curve, defense, title=f"{defense} on {Path(model_path).name}",
-                       chosen=info.get("fraction_pruned"))
-    return {"defense": defense, "model": str(model_path), "out": str(out), "curve_png": str(png),
+    png = plot_defense_curve(png, repaired.curve, defense, title=f"{defense} on {Path(model_path).name}",
+                             chosen=info.get("fraction_pruned"))
+    return {"defense": defense, "model": str(model_path), "out": str(out), "curve_png": png and str(png),
             "curve_jsonl": str(jsonl), "params": mitigation.params(), "clean_samples": len(clean),
             "before": before, "after": after, "fraction_pruned": info.get("fraction_pruned"),
             "wall_time_s": round(wall, 3), "tensors_sha256": manifest.tensors_sha256}
@@ -170,12 +170,15 @@ def _plot_epochs(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: str, *, title: str = "",
-                       chosen: float | None = None) -> Path:
-    """The prune curve (accuracy, ASR vs fraction pruned) and/or the fine-tuning curve (vs epoch)."""
-    plt = _pyplot()
+                       chosen: float | None = None) -> Path | None:
+    """The prune curve (accuracy, ASR vs fraction pruned) and/or the fine-tuning curve (vs epoch); None
+    when the curve has neither (nc-pruning's rows count penultimate neurons: its own plot is in detect)."""
     prune = [r for r in curve if "fraction_pruned" in r]
     tune = [r for r in curve if "epoch" in r]
     panels = [p for p in (prune, tune) if p]
+    if not panels:
+        return None
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
     i = 0
     if prune:

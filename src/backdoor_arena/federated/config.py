@@ -4,7 +4,8 @@ dotted `key=value` pairs, naming registered components only (never import paths)
 A scenario file has these tables (all optional; defaults are the paper's settings where it has one):
 
     name, seed, description, threads
-    [data]        dataset ("mnist": its 539 writers), test_samples (0 = the whole test set)
+    [data]        dataset ("mnist": its 539 writers; "leaf-femnist" | "tff-emnist": EMNIST's writers read from
+                  train_path and test_path, digits_only), test_samples (0 = the whole test set)
     [model]       architecture (a registered model id)
     [federation]  rounds, clients_per_round, local_epochs, batch_size, client_lr, server_lr,
                   engine (auto | sequential | vectorised), eval_every
@@ -38,6 +39,7 @@ from ..models import MODELS
 from .aggregators import make_aggregator
 from .attacks import ADVERSARIES, CLIENT_ATTACKS, make_component
 from .engines import ENGINE_CHOICES
+from .leaf import WRITER_FILES
 
 Check = Callable[[Any], str | None]
 
@@ -74,13 +76,22 @@ def _str(v: Any) -> str | None:
     return None if isinstance(v, str) else "must be a string"
 
 
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
 # dotted key -> (default, check)
 FIELDS: dict[str, tuple[Any, Check]] = {
     "name": ("scenario", _str),
     "description": ("", _str),
     "seed": (0, _int(0)),
     "threads": (0, _int(0)),  # 0 = every core this process may use
-    "data.dataset": ("mnist", _choice(lambda: ["mnist"])),
+    "data.dataset": ("mnist", _choice(lambda: ["mnist", *WRITER_FILES.names()])),
+    # leaf-femnist / tff-emnist only: the files of each split (relative paths: from the current folder)
+    "data.train_path": ("", _str),
+    "data.test_path": ("", _str),
+    # true (the paper's 3,383 digit writers): labels 0-9 only, so 10-class models and digit backdoor tasks fit
+    "data.digits_only": (True, _bool),
     "data.test_samples": (0, _int(0)),
     "model.architecture": ("emnist-cnn", _choice(MODELS.names)),
     "federation.rounds": (100, _int(1)),
@@ -190,9 +201,26 @@ def _check(raw: dict[str, Any], errors: list[str], where: str = "") -> dict[str,
             errors.append(f"{where}{key} = {value!r} {problem}")
         else:
             values[key] = value
+    _check_data_paths(values, errors, where)
     if values["backdoor.source"] == values["backdoor.target"]:
         errors.append(f"{where}backdoor.source and backdoor.target must differ, both are {values['backdoor.source']}")
     return values
+
+
+def _check_data_paths(values: dict[str, Any], errors: list[str], where: str) -> None:
+    """Writer files are named up front and must exist, so `fl validate` catches a wrong path before a run."""
+    dataset, keys = values["data.dataset"], ("data.train_path", "data.test_path")
+    if dataset not in WRITER_FILES:
+        given = [k for k in keys if values[k]]
+        if given:
+            errors.append(f"{where}{' and '.join(given)} only apply to data.dataset = "
+                          f"{' or '.join(WRITER_FILES.names())}, not {dataset!r}; remove them")
+        return
+    for key in keys:
+        if not values[key]:
+            errors.append(f"{where}{key} is required with data.dataset = {dataset!r}: the path of that split's files")
+        elif not Path(values[key]).expanduser().exists():
+            errors.append(f"{where}{key} = {values[key]!r} does not exist (relative paths start at the current folder)")
 
 
 def _component(raw: dict[str, Any], kind: str, errors: list[str], where: str = "") -> dict[str, Any]:

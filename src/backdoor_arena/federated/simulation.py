@@ -8,6 +8,7 @@ the aggregator turns the [n, d] stack into one update; w_{t+1} = w_t + server_lr
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..metrics import predict
 from ..runtime import seeded, set_threads, versions
 from ..train import TrainConfig, create_model, fit
@@ -33,6 +34,7 @@ from .attacks import (
 )
 from .config import Scenario
 from .engines import LocalTraining, choose_engine, flat_params, get_engine, load_flat
+from .leaf import WRITER_FILES, load_writer_files
 from .partition import partition_by_writer
 
 _PRETRAINED: dict[tuple, torch.Tensor] = {}
@@ -58,7 +60,8 @@ def _pretrained(model: nn.Module, sc: Scenario, train_set, progress: bool) -> to
     """Centralised pre-training on the union of the clients' data (the paper attacks a converged model);
     memoised per process so that the variants of a scenario share it."""
     n = sc["warmup.pretrain_samples"]
-    key = (sc["model.architecture"], sc["warmup.pretrain_epochs"], sc["warmup.pretrain_lr"], n, sc["seed"])
+    key = (sc["model.architecture"], sc["warmup.pretrain_epochs"], sc["warmup.pretrain_lr"], n, sc["seed"],
+           sc["data.dataset"], sc["data.train_path"], sc["data.digits_only"])  # variants may change the data
     if key not in _PRETRAINED:
         if n and n < len(train_set):
             pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(sc["seed"] + 7))[:n]
@@ -80,13 +83,21 @@ def _pct(norms: torch.Tensor, q: float) -> float | None:
     return None if norms.numel() == 0 else float(torch.quantile(norms.double(), q))
 
 
+def _load_data(sc: Scenario, data_root: str | Path | None) -> tuple[Dataset, Dataset]:
+    """(train with writer ids, test): MNIST's from the data folder, or EMNIST's from the scenario's files."""
+    name = sc["data.dataset"]
+    if name in WRITER_FILES:
+        return (load_writer_files(name, sc["data.train_path"], digits_only=sc["data.digits_only"]),
+                load_writer_files(name, sc["data.test_path"], digits_only=sc["data.digits_only"]))
+    return load_dataset(name, "train", data_root, writers=True), load_dataset(name, "test", data_root)
+
+
 def simulate(sc: Scenario, out: str | Path | None = None, progress: bool = True, data_root: str | Path | None = None,
              label: str = "") -> SimulationResult:
     """Run one scenario (its variants are run by `run_scenario`); writes out/records.jsonl and plots if `out`."""
     set_threads(sc["threads"] or None)
     seed = sc["seed"]
-    train_set = load_dataset(sc["data.dataset"], "train", data_root, writers=True)
-    test_set = load_dataset(sc["data.dataset"], "test", data_root)
+    train_set, test_set = _load_data(sc, data_root)
     if sc["data.test_samples"] and sc["data.test_samples"] < len(test_set):
         pick = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))[: sc["data.test_samples"]]
         test_set = test_set.subset(pick.sort().values)
@@ -217,6 +228,12 @@ def summarise(records: list[dict[str, Any]], sc: Scenario) -> dict[str, Any]:
     return out
 
 
+def variant_dir(label: str) -> str:
+    """A variant's folder name: its label with path separators, spaces and brackets replaced, so that a
+    label such as "f=1/10 (eps 0.33%)" is one folder, not two."""
+    return re.sub(r"[^\w.=%+-]+", "-", label).strip("-") or "variant"
+
+
 def write_run(out: Path, sc: Scenario, result: SimulationResult, label: str = "") -> None:
     from ..report import write_jsonl
     from . import plots
@@ -241,7 +258,7 @@ def run_scenario(sc: Scenario, out: str | Path, progress: bool = True,
     results: dict[str, SimulationResult] = {}
     for label in labels:
         run_sc = sc.variant(label) if label else sc
-        results[label] = simulate(run_sc, out / label if label else out, progress, data_root, label)
+        results[label] = simulate(run_sc, out / variant_dir(label) if label else out, progress, data_root, label)
     if sc.variants:
         runs = {lb: r.records for lb, r in results.items()}
         plots.plot_panels(out / "panels.png", runs, title=sc["name"])
