@@ -308,10 +308,8 @@ class NeuralCleanseUnlearning:
     def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None, *,
                monitor: Monitor | None = None) -> Repaired:
         """`monitor(model) -> metrics` is the evaluator's view, merged into each epoch's curve row."""
-        rev = reversed_triggers or self.detector.reverse(model, clean)
-        label = _target_label(rev, self.label)
-        net = model_copy(model)
-        x_all = check_clean_set(net, clean, "nc-unlearning")
+        rev, label, net, x_all = _start_repair(self.detector, model, clean, reversed_triggers, self.label,
+                                               "nc-unlearning")
         y_all = clean.labels
         g = torch.Generator().manual_seed(self.seed)
         stamp = torch.rand(len(x_all), generator=g) < self.stamp_fraction
@@ -357,10 +355,7 @@ class NeuralCleansePruning:
 
     def repair(self, model: nn.Module, clean: Dataset, reversed_triggers: ReversedTriggers | None = None, *,
                monitor: Monitor | None = None) -> Repaired:
-        rev = reversed_triggers or self.detector.reverse(model, clean)
-        label = _target_label(rev, self.label)
-        net = model_copy(model)
-        x = check_clean_set(net, clean, "nc-pruning")
+        rev, label, net, x = _start_repair(self.detector, model, clean, reversed_triggers, self.label, "nc-pruning")
         stamped = apply_masks(x, rev.masks[label : label + 1], rev.patterns[label : label + 1])
         gap = penultimate_features(net, stamped).mean(0) - penultimate_features(net, x).mean(0)
         order = torch.argsort(gap, descending=True)
@@ -377,6 +372,16 @@ class NeuralCleansePruning:
                           **_watch(monitor, net)})
         return Repaired(net, curve, {"label": label, "pruned": pruned, "neurons": n,
                                      "pruned_neurons": order[:pruned].tolist()})
+
+
+def _start_repair(detector: NeuralCleanse, model: nn.Module, clean: Dataset, rev: ReversedTriggers | None,
+                  label: int | None, name: str) -> tuple[ReversedTriggers, int, nn.Module, torch.Tensor]:
+    """The reversed triggers (given, or reverse-engineered now), the label to unlearn, a copy of the model
+    to repair, and the clean images as floats (checked against the model)."""
+    rev = rev or detector.reverse(model, clean)
+    target = _target_label(rev, label)
+    net = model_copy(model)
+    return rev, target, net, check_clean_set(net, clean, name)
 
 
 def _watch(monitor: Monitor | None, net: nn.Module) -> dict[str, float]:
