@@ -65,3 +65,14 @@ def test_records_and_artefacts(runs):
         assert (out / name).stat().st_size > 0
     meta = json.loads((out / "attack" / "run.json").read_text())
     assert meta["seed"] == 0 and "torch" in meta["versions"]
+
+
+def test_same_seed_and_engine_give_the_same_records(runs, data_root):
+    """Determinism: repeating a variant with its seed and engine reproduces every number but wall times."""
+    _, results = runs
+    again = simulation.simulate(build_scenario(BASE).variant("attack"), None, False, data_root, "attack")
+
+    def numbers(records):
+        return [{k: v for k, v in r.items() if not k.startswith("time_") and k != "wall_time_s"} for r in records]
+
+    assert numbers(again.records) == numbers(results["attack"].records)
