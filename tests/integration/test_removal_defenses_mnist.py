@@ -177,10 +177,18 @@ def test_fine_pruning_meets_the_issue_bar_on_the_full_badnets_model(mnist):
 @pytest.mark.slow
 def test_pruning_aware_defeats_pruning_at_full_scale(mnist):
     """Full scale (60k images, 4 epochs): pruning leaves the backdoor in place. (Fine-pruning at lr 0.01
-    did not remove it either on badnet-mnist: see docs/removal-defenses.md.)"""
+    did not remove it either on badnet-mnist: see docs/removal-defenses.md.) Neural Cleanse's unlearning
+    does."""
+    from backdoor_arena.defenses.neural_cleanse import NeuralCleanseUnlearning
+
     train, test = mnist
     model, _ = PruningAwareAttack(_attack()).train("badnet-mnist", train, TrainConfig(epochs=4, progress=False))
     _, clean = clean_holdout(train, 0.05, 0)
     pruned = Pruning(full_curve=False).repair(model, clean).model
-    assert evaluate(model, test, _attack())["attack_success_rate"] > 0.95
+    before = evaluate(model, test, _attack())
+    assert before["attack_success_rate"] > 0.95
     assert evaluate(pruned, test, _attack())["attack_success_rate"] > 0.5
+    unlearned = evaluate(NeuralCleanseUnlearning(detector={"steps": 200, "batch_size": 16}).repair(model, clean).model,
+                         test, _attack())
+    assert unlearned["attack_success_rate"] < 0.02
+    assert unlearned["clean_accuracy"] >= before["clean_accuracy"] - 0.02
