@@ -149,12 +149,8 @@ def evaluate(model_path: str | Path, attack_spec: str | Path | None = None, *,
     """Clean accuracy on the test split of the model's dataset; with a spec, ASR and robust accuracy."""
     set_threads()
     loaded = load_model(model_path)
-    atk = load_attack_spec(attack_spec) if attack_spec is not None else None
     m = loaded.manifest
-    if atk is not None and atk.num_classes != m.num_classes:
-        raise IncompatibleError(
-            f"the attack spec is for {atk.num_classes} classes but the model has {m.num_classes}; wrong spec file?"
-        )
+    atk = load_attack_spec(attack_spec, m.num_classes) if attack_spec is not None else None
     test_set = load_dataset(m.dataset, "test", data_root)
     if list(test_set.info.input_shape) != list(m.input_shape):
         raise IncompatibleError(f"model expects inputs {m.input_shape}, dataset {m.dataset!r} has {test_set.info.input_shape}")

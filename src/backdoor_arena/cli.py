@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from . import api
+from .commands.options import DataRoot, Json, Quiet, emit, pct
 from .errors import ArenaError, ConfigError
 
 app = typer.Typer(
@@ -18,7 +19,6 @@ app = typer.Typer(
     "~/.cache/backdoor-arena.",
 )
 
-DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Dataset folder (overrides $BACKDOOR_ARENA_DATA).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output model file (.safetensors).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 Seed = Annotated[int, typer.Option(help="Seed: same seed, same weights.")]
@@ -28,8 +28,6 @@ Lr = Annotated[float, typer.Option(help="Learning rate (peak, for the cosine sch
 Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
 WeightDecay = Annotated[float, typer.Option(help="L2 weight decay.")]
 Schedule = Annotated[str, typer.Option(help="constant or cosine.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DpClip = Annotated[float | None, typer.Option(
     help="DP-SGD: per-example gradient norm bound C (with --dp-noise; BatchNorm-free models only).")]
 DpNoise = Annotated[float | None, typer.Option(help="DP-SGD: noise multiplier Z (noise std = Z * C).")]
@@ -39,18 +37,6 @@ DpDelta = Annotated[float, typer.Option(help="DP-SGD: delta of the (epsilon, del
 def _privacy(manifest: Any) -> dict[str, Any]:
     p = manifest.training.get("privacy")
     return {"epsilon": p["epsilon"], "delta": p["delta"]} if p else {}
-
-
-def _emit(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(obj, sort_keys=True))
-    else:
-        for line in lines:
-            typer.echo(line)
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _parse_position(text: str | None) -> Any:
@@ -86,9 +72,9 @@ def train(
                   momentum=momentum, weight_decay=weight_decay, schedule=schedule, data_root=data_root,
                   progress=not quiet, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta)
     privacy = _privacy(r.manifest)
-    _emit({"model": str(r.path), "clean_accuracy": r.metrics["clean_accuracy"],
+    emit({"model": str(r.path), "clean_accuracy": r.metrics["clean_accuracy"],
            "wall_time_s": r.manifest.training["wall_time_s"], **privacy}, json_out,
-          [f"wrote {r.path}", f"clean accuracy {_pct(r.metrics['clean_accuracy'])} "
+          [f"wrote {r.path}", f"clean accuracy {pct(r.metrics['clean_accuracy'])} "
            f"({r.manifest.training['wall_time_s']:.1f} s)"]
           + ([f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"] if privacy else []))
 
@@ -141,10 +127,10 @@ def attack(
                    prune_accuracy_drop=prune_accuracy_drop, clean_model=clean_model)
     m = r.metrics
     privacy = _privacy(r.manifest)
-    _emit({"model": str(r.path), "attack_spec": str(r.spec_path),
+    emit({"model": str(r.path), "attack_spec": str(r.spec_path),
            **{k: m[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")}, **privacy}, json_out,
           [f"wrote {r.path} and {r.spec_path}",
-           f"clean accuracy {_pct(m['clean_accuracy'])}, attack success rate {_pct(m['attack_success_rate'])}"]
+           f"clean accuracy {pct(m['clean_accuracy'])}, attack success rate {pct(m['attack_success_rate'])}"]
           + ([f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}"] if privacy else []))
 
 
@@ -157,11 +143,11 @@ def evaluate(
     """Clean accuracy on the test split; with --attack-spec, attack success rate and robust accuracy."""
     r = api.evaluate(model_file, attack_spec, data_root=data_root)
     lines = [f"{r['model']} ({r['architecture']} on {r['dataset']})",
-             f"clean accuracy       {_pct(r['clean_accuracy'])} of {r['n_clean']}"]
+             f"clean accuracy       {pct(r['clean_accuracy'])} of {r['n_clean']}"]
     if "attack_success_rate" in r:
-        lines += [f"attack success rate  {_pct(r['attack_success_rate'])} of {r['n_triggered']} triggered",
-                  f"robust accuracy      {_pct(r['robust_accuracy'])}"]
-    _emit(r, json_out, lines)
+        lines += [f"attack success rate  {pct(r['attack_success_rate'])} of {r['n_triggered']} triggered",
+                  f"robust accuracy      {pct(r['robust_accuracy'])}"]
+    emit(r, json_out, lines)
 
 
 @app.command()

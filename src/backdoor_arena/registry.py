@@ -37,6 +37,15 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}."
             ) from None
 
+    def create(self, name: str, /, **params: object) -> object:
+        """Call the registered factory with keyword parameters; one that it does not take is a ConfigError
+        naming it (a TypeError from the call), not a traceback."""
+        factory = self.get(name)
+        try:
+            return factory(**params)  # type: ignore[operator]
+        except TypeError as exc:
+            raise ConfigError(f"{self.kind} {name!r}: bad parameter ({exc})") from None
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

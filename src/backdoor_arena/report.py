@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed, also on headless machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def json_safe(obj: Any) -> Any:
+    """Standard JSON: tensors become lists, NaN and infinities null (e.g. an unbounded epsilon)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
@@ -45,10 +79,7 @@ def plot_examples(
 
     `predictions[i]` is a record {"index", "label", "<model>_clean", "<model>_triggered", ...}.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(predictions)
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.2), squeeze=False)
@@ -69,19 +100,12 @@ def plot_examples(
                 ax.set_ylabel(which, fontsize=9)
     fig.suptitle("Predictions on clean and triggered test images (red: a model disagrees with the true label)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_training_curves(path: str | Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
     """Per-epoch clean accuracy (and ASR where recorded) of several runs, from their history records."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -97,8 +121,4 @@ def plot_training_curves(path: str | Path, runs: dict[str, list[dict[str, Any]]]
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

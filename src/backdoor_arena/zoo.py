@@ -35,7 +35,7 @@ from .defenses import (
 from .detection_metrics import auroc, roc_curve, tpr_at_fpr
 from .errors import ConfigError
 from .modelfile import load_model
-from .report import markdown_table, read_jsonl, write_jsonl
+from .report import markdown_table, pyplot, read_jsonl, save_figure, write_jsonl
 from .runtime import set_threads, versions
 from .train import TrainConfig
 
@@ -161,11 +161,7 @@ def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, param
     """
     zoo_dir = Path(zoo_dir)
     truth = read_truth(zoo_dir)
-    make = MODEL_DETECTORS.get(detector)
-    try:
-        det = make(**(params or {}))
-    except TypeError as exc:
-        raise ConfigError(f"{detector}: bad parameter ({exc})") from None
+    det = MODEL_DETECTORS.create(detector, **(params or {}))
     set_threads()
     out = Path(out) if out is not None else zoo_dir / f"eval-{detector}"
     out.mkdir(parents=True, exist_ok=True)
@@ -218,10 +214,7 @@ def summarize(rows: list[dict[str, Any]], fpr: float = 0.05) -> dict[str, Any]:
 
 
 def plot_roc(path: str | Path, rows: list[dict[str, Any]], title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = torch.tensor([r["backdoored"] for r in rows], dtype=torch.long)
     scores = torch.tensor([r["score"] for r in rows], dtype=torch.float64)
@@ -244,8 +237,4 @@ def plot_roc(path: str | Path, rows: list[dict[str, Any]], title: str) -> Path:
     bx.set_title("scores per model", fontsize=9)
     bx.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import Dataset, to_float
-from ..errors import ConfigError
+from ..errors import ConfigError, IncompatibleError
 from ..registry import Registry
 from ..triggers import Trigger, make_trigger, trigger_from_dict
 
@@ -213,7 +213,9 @@ def attack_from_spec(spec: dict[str, Any]) -> PoisoningAttack:
     )
 
 
-def load_attack_spec(path: str | Path) -> PoisoningAttack:
+def load_attack_spec(path: str | Path, num_classes: int | None = None) -> PoisoningAttack:
+    """The attack a spec file describes; with `num_classes` (the model's), a spec for another class count
+    is refused (a wrong spec file would otherwise give meaningless ASR)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"attack spec {str(path)!r} does not exist; it is written beside the model as F.attack.json")
@@ -221,4 +223,9 @@ def load_attack_spec(path: str | Path) -> PoisoningAttack:
         spec = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"attack spec {str(path)!r} is not valid JSON ({exc}); regenerate it") from None
-    return attack_from_spec(spec)
+    attack = attack_from_spec(spec)
+    if num_classes is not None and attack.num_classes != num_classes:
+        raise IncompatibleError(
+            f"the attack spec is for {attack.num_classes} classes but the model has {num_classes}; wrong spec file?"
+        )
+    return attack

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Dataset folder (overrides $BACKDOOR_ARENA_DATA).")]
+from .options import DataRoot, Json, Quiet, pct
+
 ModelFile = Annotated[Path, typer.Argument(help="The model file to repair (.safetensors).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="The repaired model file (.safetensors); the curve is "
                                    "written beside it as OUT.curve.png and OUT.curve.jsonl.")]
@@ -22,12 +23,6 @@ MaxDrop = Annotated[float, typer.Option(
     help="Pruning stops before clean accuracy on the clean set drops by more than this fraction (0.04 = 4 points).")]
 Epochs = Annotated[int, typer.Option(help="Fine-tuning epochs over the clean set.")]
 Lr = Annotated[float, typer.Option(help="Fine-tuning learning rate (constant, SGD with momentum 0.9).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _run(defense: str, model_file: Path, out: Path, clean_fraction: float, attack_spec: Path | None, seed: int,
@@ -45,9 +40,9 @@ def _run(defense: str, model_file: Path, out: Path, clean_fraction: float, attac
         typer.echo(f"pruned {100 * r['fraction_pruned']:.1f}% of the last conv layer's channels")
     for when in ("before", "after"):
         m = r[when]
-        line = f"{when:6} clean accuracy {_pct(m['clean_accuracy'])}"
+        line = f"{when:6} clean accuracy {pct(m['clean_accuracy'])}"
         if "attack_success_rate" in m:
-            line += f", attack success rate {_pct(m['attack_success_rate'])}"
+            line += f", attack success rate {pct(m['attack_success_rate'])}"
         typer.echo(line)
 
 

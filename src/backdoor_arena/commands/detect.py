@@ -33,7 +33,9 @@ from ..detection_metrics import auroc, far_frr, precision_recall
 from ..errors import ConfigError, IncompatibleError
 from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import load_model
+from ..report import json_safe, pyplot, save_figure
 from ..runtime import set_threads, versions
+from .options import DataRoot, Json, Quiet, emit
 
 DETECTORS = ("neural-cleanse", "strip", "sentinet", "spectral")
 
@@ -50,26 +52,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.strip().replace("-", "_")] = raw
     return params
-
-
-def _make(registry: Any, name: str, params: dict[str, Any]) -> Any:
-    factory = registry.get(name)
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"{name}: bad parameter ({exc}); see `backdoor-arena detect --help`") from None
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
 
 
 def _detector_kind(name: str) -> str:
@@ -96,10 +78,7 @@ def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | N
     if clean_dataset is not None and clean_dataset != m.dataset:
         raise IncompatibleError(f"the model was trained on {m.dataset!r} but the clean set is from "
                                 f"{clean_dataset!r}; use --clean-dataset {m.dataset}")
-    atk = load_attack_spec(attack_spec) if attack_spec is not None else None
-    if atk is not None and atk.num_classes != m.num_classes:
-        raise IncompatibleError(f"the attack spec is for {atk.num_classes} classes but the model has "
-                                f"{m.num_classes}; wrong spec file?")
+    atk = load_attack_spec(attack_spec, m.num_classes) if attack_spec is not None else None
     train = load_dataset(m.dataset, "train", data_root)
     _rest, held = clean_holdout(train, clean_fraction, seed)
     out = Path(out) if out is not None else None
@@ -111,7 +90,7 @@ def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | N
     if kind == "model":
         if detector == "neural-cleanse":
             params.setdefault("progress", progress)
-        det = _make(MODEL_DETECTORS, detector, params)
+        det = MODEL_DETECTORS.create(detector, **params)
         v = det.inspect(loaded.model, held)
         result.update({"score": v.score, "flagged": v.flagged, "threshold": v.threshold,
                        "suspected_target": v.suspected_target, **v.details})
@@ -125,7 +104,7 @@ def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | N
         if atk is not None:
             result["true_target"] = atk.target
     elif kind == "input":
-        det = _make(INPUT_DETECTORS, detector, params).fit(loaded.model, held)
+        det = INPUT_DETECTORS.create(detector, **params).fit(loaded.model, held)
         result.update(_evaluate_input_detector(det, loaded.model, m.dataset, atk, n_eval, seed, data_root, out))
     else:
         result.update(_run_data_filter(detector, params, loaded.model, train, atk, retrain_epochs, m,
@@ -133,7 +112,7 @@ def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | N
     result.update({"params": params, "wall_time_s": round(time.perf_counter() - started, 3),
                    "versions": versions()})
     result.pop("progress", None)
-    result = _json_safe(result)
+    result = json_safe(result)
     if out is not None:
         (out / f"{detector}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
@@ -168,10 +147,7 @@ def _evaluate_input_detector(det: Any, model: torch.nn.Module, dataset: str, atk
 
 def plot_score_histograms(path: Path, det: Any, clean: torch.Tensor, triggered: torch.Tensor | None) -> Path:
     """Histograms of clean and triggered inputs; STRIP is drawn as entropy (its natural scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     is_strip = isinstance(det, strip.Strip)
     f = (lambda s: -s) if is_strip else (lambda s: s)
@@ -188,10 +164,7 @@ def plot_score_histograms(path: Path, det: Any, clean: torch.Tensor, triggered: 
     ax.set_ylabel("inputs (log scale)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def poisoned_training_set(atk: Any, train: Dataset) -> tuple[Dataset, torch.Tensor]:
@@ -202,7 +175,7 @@ def poisoned_training_set(atk: Any, train: Dataset) -> tuple[Dataset, torch.Tens
 
 def _run_data_filter(detector: str, params: dict[str, Any], model: torch.nn.Module, train: Dataset, atk: Any,
                      retrain_epochs: int, manifest: Any, data_root: Any, progress: bool) -> dict[str, Any]:
-    filt = _make(DATA_FILTERS, detector, params)
+    filt = DATA_FILTERS.create(detector, **params)
     data, truth = (poisoned_training_set(atk, train) if atk is not None
                    else (train, torch.zeros(len(train), dtype=torch.bool)))
     scores = filt.score(model, data)
@@ -257,17 +230,6 @@ Spec = Annotated[Path | None, typer.Option(help="Attack spec, for the evaluation
 CleanFraction = Annotated[float, typer.Option(help="Defender's clean hold-out: this fraction of the training split.")]
 Seed = Annotated[int, typer.Option(help="Seed of the hold-out and of the detector.")]
 OutDir = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the JSON result and PNGs.")]
-DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Dataset folder.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-
-
-def _echo(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(result, sort_keys=True))
-    else:
-        for line in lines:
-            typer.echo(line)
 
 
 def _summary_lines(r: dict[str, Any]) -> list[str]:
@@ -309,7 +271,7 @@ def register(app: typer.Typer) -> None:
             r = detect(name, model_file, attack_spec=attack_spec, params=parse_params(param),
                        clean_fraction=clean_fraction, seed=seed, clean_dataset=clean_dataset, n_eval=n_eval,
                        retrain_epochs=retrain_epochs, out=out, data_root=data_root, progress=not quiet)
-            _echo(r, json_out, _summary_lines(r))
+            emit(r, json_out, _summary_lines(r))
 
         command.__doc__ = f"Run the {name} detector on a model file."
         detect_app.command(name)(command)
@@ -334,7 +296,7 @@ def register(app: typer.Typer) -> None:
         r = scan(model_file, out, params=per, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
                  progress=not quiet)
         lines = [line for d in r["detectors"].values() for line in _summary_lines(d)]
-        _echo(r, json_out, [*lines, f"report: {r['report']}"])
+        emit(r, json_out, [*lines, f"report: {r['report']}"])
 
     zoo_app = typer.Typer(no_args_is_help=True, help="Seeded zoos of clean and backdoored models, and detector "
                           "AUROC over them.")
@@ -372,7 +334,7 @@ def register(app: typer.Typer) -> None:
             params.setdefault("progress", False)
         s = evaluate_zoo(zoo_dir, detector, params=params, clean_fraction=clean_fraction, seed=seed,
                          data_root=data_root, progress=not quiet, out=out)
-        _echo(_json_safe(s), json_out, [
+        emit(json_safe(s), json_out, [
             f"{detector} on {s['n_clean']} clean + {s['n_backdoored']} backdoored models: AUROC {s['auroc']:.3f}, "
             f"TPR@5%FPR {s['tpr_at_5pct_fpr']:.3f}, target accuracy {s['target_accuracy']:.3f}",
             f"results and ROC plot in {s['out']}"])

@@ -11,6 +11,7 @@ import typer
 
 from ..federated import config as fl_config
 from ..federated import simulation
+from .options import DataRoot, Quiet
 
 
 def run(scenario: Path, overrides: list[str], out: Path, progress: bool = True,
@@ -33,8 +34,8 @@ def register(app: typer.Typer) -> None:
         overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: federation.rounds=5 ...")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (records.jsonl, plots, summary).")] = Path(
             "fl-run"),
-        data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset folder.")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+        data_root: DataRoot = None,
+        quiet: Quiet = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
     ) -> None:
         """Run SCENARIO.toml: one JSONL record per round, PNG plots shaped like the paper's."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError, IncompatibleError
 
 # The evaluator's view along a defense's curve (test accuracy, ASR): opaque to the defense, which only
@@ -53,6 +53,36 @@ def clean_holdout(train: Dataset, fraction: float = 0.05, seed: int = 0) -> tupl
         return train.subset(torch.arange(0)), train
     rest, held = train.split(fraction, torch.Generator().manual_seed(seed))
     return rest, held
+
+
+def check_clean_set(model: nn.Module, data: Dataset | torch.Tensor, who: str) -> torch.Tensor:
+    """The images of `data` as float pixels, after checking in one-line errors that the model can use
+    them: images [N, C, H, W], not empty, accepted by the model and, for a Dataset, with as many classes
+    as the model has outputs. The probe runs in eval mode and restores the model's training mode."""
+    images = data.images if isinstance(data, Dataset) else data
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise IncompatibleError(f"{who}: the clean set must be images [N, C, H, W], got {shape}")
+    if len(images) == 0:
+        raise ConfigError(f"{who}: the clean set is empty; give the defender some clean samples (clean fraction > 0)")
+    x = to_float(images)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IncompatibleError(
+            f"{who}: the model does not accept clean-set images of shape {tuple(x.shape[1:])} ({first}); "
+            "use a clean set from the model's dataset"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(data, Dataset) and out.shape[-1] != data.num_classes:
+        raise IncompatibleError(f"{who}: the model has {out.shape[-1]} outputs but the clean set has "
+                                f"{data.num_classes} classes; use a clean set from the model's dataset")
+    return x
 
 
 def model_copy(model: nn.Module) -> nn.Module:

@@ -21,8 +21,8 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..train import OPTIMIZERS, TrainConfig, fit
 from . import MITIGATIONS
-from .base import Monitor, Repaired, model_copy
-from .pruning import Pruning, check_clean, check_fraction, clean_accuracy_of, freeze_channels, prune_site
+from .base import Monitor, Repaired, check_clean_set, model_copy
+from .pruning import Pruning, check_fraction, clean_accuracy_of, freeze_channels, prune_site
 
 
 def _tune_config(epochs: int, lr: float, batch_size: int, optimizer: str, momentum: float, weight_decay: float,
@@ -63,7 +63,7 @@ class FineTuning:
 
     def repair(self, model: nn.Module, clean: Dataset, *, monitor: Monitor | None = None) -> Repaired:
         start = time.perf_counter()
-        check_clean(model, clean)
+        check_clean_set(model, clean, "fine-tuning")
         before = clean_accuracy_of(model, clean)
         tuned, curve = fine_tune(model, clean, self.config, monitor=monitor)
         info = {"defense": "fine-tuning", "params": self.params(), "holdout_accuracy_before": before,

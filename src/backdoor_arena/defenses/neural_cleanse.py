@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError
+from ..report import pyplot, save_figure
 from ..runtime import seeded
 from . import MITIGATIONS, MODEL_DETECTORS
-from .base import ModelVerdict, Monitor, Repaired, model_copy
-from .spectral import check_clean_set, penultimate_features
+from .base import ModelVerdict, Monitor, Repaired, check_clean_set, model_copy
+from .spectral import penultimate_features
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation of a normal
 
@@ -242,10 +243,7 @@ class NeuralCleanse:
 def plot_reversed(path: str | Path, masks: torch.Tensor, patterns: torch.Tensor, norms: torch.Tensor,
                   class_names: list[str] | None = None, highlight: int | None = None) -> Path:
     """Row 1: masks; row 2: mask * pattern (the trigger as stamped); titles give the L1 norms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = masks.shape[0]
     fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 0.6, 2.9), squeeze=False)
@@ -262,11 +260,7 @@ def plot_reversed(path: str | Path, masks: torch.Tensor, patterns: torch.Tensor,
                              color="red" if highlight == i else "black")
     axes[0][0].set_ylabel("mask", fontsize=8)
     axes[1][0].set_ylabel("mask*pattern", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- mitigations

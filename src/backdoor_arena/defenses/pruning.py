@@ -25,7 +25,7 @@ from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError, IncompatibleError
 from ..metrics import accuracy, predict
 from . import MITIGATIONS
-from .base import Monitor, Repaired, capture_activations, last_conv, model_copy
+from .base import Monitor, Repaired, capture_activations, check_clean_set, last_conv, model_copy
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,25 +58,6 @@ def prune_site(model: nn.Module) -> PruneSite:
     if bn is not None and not bn.affine:
         raise IncompatibleError(f"the BatchNorm after {name!r} has no affine parameters; pruning cannot zero it")
     return PruneSite(name, conv, bn)
-
-
-def check_clean(model: nn.Module, clean: Dataset) -> None:
-    """One-line errors for a clean set the model cannot use (empty, wrong shape, wrong classes)."""
-    if len(clean) == 0:
-        raise ConfigError("the clean set is empty; give the defender some clean samples (clean fraction > 0)")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(to_float(clean.images[:2]))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise IncompatibleError(f"the model does not accept the clean set's inputs {tuple(clean.images.shape[1:])}: "
-                                f"{first}") from None
-    finally:
-        model.train(was_training)
-    if out.shape[-1] != clean.num_classes:
-        raise IncompatibleError(f"the model has {out.shape[-1]} outputs but the clean set has {clean.num_classes} classes")
 
 
 def mean_channel_activations(model: nn.Module, site: PruneSite, images: torch.Tensor,
@@ -139,7 +120,7 @@ def prune_by_activation(
     `max_accuracy_drop` at any point. With `full_curve`, keep measuring to 100% pruned (for the plot)."""
     from tqdm.auto import tqdm
 
-    check_clean(model, clean)
+    check_clean_set(model, clean, "pruning")
     work = model_copy(model)
     site = prune_site(work)
     order = torch.argsort(mean_channel_activations(work, site, clean.images, batch_size), stable=True).tolist()

@@ -23,8 +23,7 @@ from torch import nn
 from ..data.dataset import Dataset
 from ..errors import ConfigError
 from . import INPUT_DETECTORS
-from .base import capture_activations, last_conv, model_copy
-from .spectral import check_clean_set
+from .base import capture_activations, check_clean_set, last_conv, model_copy
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:

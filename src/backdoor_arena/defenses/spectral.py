@@ -21,32 +21,10 @@ from torch import nn
 from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError, IncompatibleError
 from . import DATA_FILTERS
-from .base import model_copy
+from .base import check_clean_set, model_copy
 
 
 # --------------------------------------------------------------------------- shared helpers
-def check_clean_set(model: nn.Module, data: Dataset | torch.Tensor, who: str) -> torch.Tensor:
-    """The images of `data` as float pixels, after checking they fit the model (one-line errors)."""
-    images = data.images if isinstance(data, Dataset) else data
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise IncompatibleError(f"{who}: the clean set must be images [N, C, H, W], got {shape}")
-    if len(images) == 0:
-        raise ConfigError(f"{who}: the clean set is empty; give the defender some clean samples")
-    x = to_float(images)
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(x[:1])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise IncompatibleError(
-            f"{who}: the model does not accept clean-set images of shape {tuple(x.shape[1:])} ({first}); "
-            "use a clean set from the model's dataset"
-        ) from None
-    return x
-
-
 @contextlib.contextmanager
 def _last_linear_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Record the inputs of the model's last Linear layer; the hook is always removed."""

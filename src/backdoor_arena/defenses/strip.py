@@ -22,8 +22,7 @@ from ..data.dataset import Dataset, to_float
 from ..detection_metrics import threshold_at_frr
 from ..errors import ConfigError
 from . import INPUT_DETECTORS
-from .base import model_copy
-from .spectral import check_clean_set
+from .base import check_clean_set, model_copy
 
 MODES = ("add", "blend")
 THRESHOLDS = ("empirical", "normal")

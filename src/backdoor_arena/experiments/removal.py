@@ -9,7 +9,6 @@ and along the defense's curve through an opaque `monitor(model) -> metrics` call
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,10 @@ from ..data.dataset import Dataset
 from ..defenses import MITIGATIONS, clean_holdout
 from ..defenses import finetuning as _finetuning  # noqa: F401  (registrations)
 from ..defenses import pruning as _pruning  # noqa: F401  (registrations)
-from ..errors import ConfigError, IncompatibleError
+from ..errors import ConfigError
 from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import Manifest, load_model, save_model
-from ..report import markdown_table, write_jsonl
+from ..report import json_safe, markdown_table, pyplot, save_figure, write_jsonl
 from ..runtime import set_threads, versions
 
 REMOVAL_DEFENSES = ("pruning", "fine-tuning", "fine-pruning")
@@ -36,15 +35,11 @@ METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 
 def make_defense(name: str, params: dict[str, Any] | None = None, *, seed: int = 0, progress: bool = False) -> Any:
     """A registered mitigation with keyword parameters (a ConfigError names a parameter it does not take)."""
-    factory = MITIGATIONS.get(name)
     params = dict(params or {})
     if name != "pruning":
         params.setdefault("seed", seed)
     params.setdefault("progress", progress)
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"{name}: bad parameter ({exc})") from None
+    return MITIGATIONS.create(name, **params)
 
 
 def make_monitor(test: Dataset, attack: PoisoningAttack | None, samples: int | None = None,
@@ -96,10 +91,8 @@ def defend(
     set_threads()
     mitigation = make_defense(defense, params, seed=seed, progress=progress)
     loaded = load_model(model_path)
-    atk = load_attack_spec(attack_spec) if attack_spec is not None else None
     m = loaded.manifest
-    if atk is not None and atk.num_classes != m.num_classes:
-        raise IncompatibleError(f"the attack spec is for {atk.num_classes} classes but the model has {m.num_classes}")
+    atk = load_attack_spec(attack_spec, m.num_classes) if attack_spec is not None else None
     train = load_dataset(m.dataset, "train", data_root)
     test = load_dataset(m.dataset, "test", data_root)
     _, clean = clean_holdout(train, clean_fraction, seed)
@@ -131,15 +124,6 @@ def defend(
 
 
 # -- plots (from curve records) ----------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_prune(ax: Any, rows: list[dict[str, Any]], chosen: float | None, title: str) -> None:
     x = [r["fraction_pruned"] for r in rows]
     ax.plot(x, [r["holdout_accuracy"] for r in rows], color="tab:green", ls=":", label="defender's clean set accuracy")
@@ -178,7 +162,7 @@ def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: s
     panels = [p for p in (prune, tune) if p]
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
     i = 0
     if prune:
@@ -188,12 +172,7 @@ def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: s
         _plot_epochs(axes[0][i], tune, f"{title}: fine-tuning" + (" (pruned channels held at 0)" if prune else ""))
     axes[0][0].set_ylabel("fraction")
     axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- the comparison ---------------------------------------------------------------------------------
@@ -304,7 +283,7 @@ def compare_defenses(
     table = markdown_table(rows, COLUMNS, FORMATS)
     (out_dir / "summary.md").write_text(table)
     summary = {"config": config, "rows": rows, "wall_time_s": time.perf_counter() - started, "versions": versions()}
-    (out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=1, sort_keys=True))
+    (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, sort_keys=True))
     figures = plot_comparison(out_dir, rows, curves)
     return {**summary, "table": table, "figures": [str(f) for f in figures]}
 
@@ -328,20 +307,9 @@ def _timed(fn: Callable[[nn.Module], dict[str, float]]) -> tuple[Callable[[nn.Mo
     return wrapped, spent
 
 
-def _finite(obj: Any) -> Any:
-    """JSON has no infinity: an unbounded epsilon is written as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> list[Path]:
     """prune-curves.png, finetune-curves.png and summary.png, from the records."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     models = list(dict.fromkeys(r["model"] for r in curves))
     if models:
@@ -352,10 +320,7 @@ def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict
             _plot_prune(ax, prune, chosen, model)
         axes[0][0].set_ylabel("fraction")
         axes[0][0].legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        paths.append(out_dir / "prune-curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / "prune-curves.png"))
 
         fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 5.8), squeeze=False)
         for j, model in enumerate(models):
@@ -363,10 +328,7 @@ def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict
                 tune = [c for c in curves if c["model"] == model and c["defense"] == defense and "epoch" in c]
                 _plot_epochs(axes[i][j], tune, f"{model}: {defense}")
         axes[0][0].legend(fontsize=7, loc="center right")
-        fig.tight_layout()
-        paths.append(out_dir / "finetune-curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / "finetune-curves.png"))
 
     labels = [f"{r['model']}\n{r['defense']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 3.6))
@@ -379,8 +341,5 @@ def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "summary.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "summary.png"))
     return paths

@@ -7,14 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..report import pyplot, save_figure
 
 
 def _series(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -42,19 +35,16 @@ def _draw(ax, records: list[dict[str, Any]], title: str) -> None:
 
 
 def plot_run(path: str | Path, records: list[dict[str, Any]], title: str = "") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     _draw(ax, records, title)
     ax.legend(fontsize=7, loc="center right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_panels(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
     """One panel per run (Figures 1-3 of the paper: main, backdoor and its cumulative mean per round)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(runs)
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
@@ -65,15 +55,12 @@ def plot_panels(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: 
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, loc="center right")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_overlay(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
     """All runs in one axes (Figure 4 of the paper): dotted main task, solid backdoor."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, recs) in enumerate(runs.items()):
@@ -87,7 +74,4 @@ def plot_overlay(path: str | Path, runs: dict[str, list[dict[str, Any]]], title:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -79,7 +79,7 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return float((predict(model, images) == labels).float().mean())
 
 
-def _pct(norms: torch.Tensor, q: float) -> float | None:
+def _percentile(norms: torch.Tensor, q: float) -> float | None:
     return None if norms.numel() == 0 else float(torch.quantile(norms.double(), q))
 
 
@@ -185,8 +185,8 @@ def simulate(sc: Scenario, out: str | Path | None = None, progress: bool = True,
             "main_accuracy": main_acc, "backdoor_accuracy": bd_acc, "evaluated": evaluated,
             "malicious_clients": [fed.client_ids[k] for k in mal], "n_malicious": len(mal),
             "sampled_clients": [fed.client_ids[k] for k in sampled],
-            "benign_norm_p50": _pct(b_norms, 0.5), "benign_norm_p90": _pct(b_norms, 0.9),
-            "benign_norm_p99": _pct(b_norms, 0.99), "malicious_norms": m_norms,
+            "benign_norm_p50": _percentile(b_norms, 0.5), "benign_norm_p90": _percentile(b_norms, 0.9),
+            "benign_norm_p99": _percentile(b_norms, 0.99), "malicious_norms": m_norms,
             "malicious_norm": max(m_norms) if m_norms else None,
             "boost": attack_info.get("boost"), "attack_unboosted_norm": attack_info.get("unboosted_norm"),
             "aggregate_norm": float(torch.linalg.vector_norm(update)),
