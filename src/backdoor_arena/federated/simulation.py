@@ -152,7 +152,8 @@ def simulate(sc: Scenario, out: str | Path | None = None, progress: bool = True,
         sampled = torch.randperm(k_total, generator=g_sample)[:per_round].tolist()
         attack_round = t - 1 - sc["warmup.rounds"]
         mal = adversary.malicious(t, sampled, task.target_clients, malicious_set, attack_round) if attack else []
-        benign = [k for k in sampled if k not in set(mal)]
+        mal_set = set(mal)
+        benign = [k for k in sampled if k not in mal_set]
         t1 = time.perf_counter()
         with seeded(client_seed(seed, t, 0, 1)):  # dropout stream of this round
             u_benign = engine.train(model, w, images, labels, [fed.indices[k] for k in benign],
