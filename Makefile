@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/backdoor-arena demo --out demo-report
+	$(VENV)/bin/backdoor-arena demo --out demo-report --overwrite
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

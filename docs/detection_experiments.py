@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 
 from backdoor_arena import api
+from backdoor_arena.api import detect
 from backdoor_arena.attacks import load_attack_spec
-from backdoor_arena.commands.detect import detect
 from backdoor_arena.data import load_dataset
 from backdoor_arena.defenses import MITIGATIONS, clean_holdout
-from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, anomaly_index, plot_reversed
+from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, anomaly_index
 from backdoor_arena.metrics import evaluate
 from backdoor_arena.modelfile import load_model
-from backdoor_arena.runtime import versions
+from backdoor_arena.report import plot_reversed_triggers
+from backdoor_arena.runtime import set_threads, versions
 
 FIG = Path(__file__).resolve().parent / "figures" / "detection"
 
@@ -77,7 +78,7 @@ def main() -> None:
         rev = nc.reverse(model, held)
         revs[name] = rev
         score, label = anomaly_index(rev.norms)  # what nc.inspect reports, without optimising twice
-        plot_reversed(FIG / f"nc_reversed_{name}.png", rev.masks, rev.patterns, rev.norms, highlight=label)
+        plot_reversed_triggers(FIG / f"nc_reversed_{name}.png", rev.masks, rev.patterns, rev.norms, flagged_label=label)
         results[f"nc_{name}"] = {"anomaly_index": score, "flagged": score > nc.threshold,
                                  "suspected_target": label if score > nc.threshold else None,
                                  "norms": rev.norms.tolist(), "time_s": round(time.perf_counter() - started, 1)}
@@ -126,19 +127,8 @@ def main() -> None:
 
 
 def _pin_threads(n: int) -> None:
-    """The library uses every core by default; pin the count for this script's whole run."""
-    import torch
-
-    from backdoor_arena import train
-    from backdoor_arena.commands import detect as detect_module
-
-    def pinned(_threads: int | None = None) -> int:
-        torch.set_num_threads(n)
-        return n
-
-    for module in (train, detect_module):
-        module.set_threads = pinned
-    pinned()
+    """Library code never changes the thread count; this script pins it once for its whole run."""
+    set_threads(n)
 
 
 def _plot_pruning(curve: list[dict]) -> None:

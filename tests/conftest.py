@@ -31,6 +31,23 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _tiny_datasets():
+    """The synthetic test datasets, registered by name for the whole run (model files name their dataset)."""
+    from tests.helpers import register_tiny_datasets
+
+    register_tiny_datasets()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    """Library code never sets the thread count (the CLI does, at its entry); the test process does it once,
+    as a Python user would (BACKDOOR_ARENA_THREADS, else every core this process may use)."""
+    from backdoor_arena.runtime import set_threads
+
+    set_threads()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _data_env(data_root):
     """Library defaults read $BACKDOOR_ARENA_DATA; point it at the real data for the whole run."""
     previous = os.environ.get("BACKDOOR_ARENA_DATA")
@@ -47,7 +64,7 @@ def tiny_mnist_model(tmp_path_factory, data_root):
     """A BadNets MNIST model from one short epoch on a subset: for plumbing tests, not for accuracy."""
     import torch
 
-    from backdoor_arena.api import _train_and_save
+    from backdoor_arena.api import train_model
     from backdoor_arena.attacks import make_attack
     from backdoor_arena.data import load_dataset
     from backdoor_arena.train import TrainConfig
@@ -57,5 +74,5 @@ def tiny_mnist_model(tmp_path_factory, data_root):
     test = load_dataset("mnist", "test", data_root)
     atk = make_attack("badnets", num_classes=10, channels=1, image_size=28, target=7, poison_rate=0.1)
     poisoned = atk.poison(train, torch.Generator().manual_seed(0))
-    r = _train_and_save("badnet-mnist", poisoned.dataset, test, TrainConfig(epochs=1, progress=False), out, atk, "t")
+    r = train_model("badnet-mnist", poisoned.dataset, test, TrainConfig(epochs=1, progress=False), out, atk, "t")
     return r.path, r.spec_path

@@ -8,6 +8,20 @@ from backdoor_arena.data.dataset import Dataset, DatasetInfo
 
 TINY_INFO = DatasetInfo("tiny", 4, (1, 12, 12), ("a", "b", "c", "d"), (0.5,), (0.5,))
 TINY_RGB_INFO = DatasetInfo("tiny-rgb", 3, (3, 16, 16), ("a", "b", "c"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+TINY28_INFO = DatasetInfo("tiny28", 3, (3, 28, 28), ("a", "b", "c"), (0.5,) * 3, (0.25,) * 3)
+
+
+def register_tiny_datasets() -> None:
+    """Register the synthetic datasets by name, so model files made for them load (a model file must name a
+    registered dataset); their `load` builds tiny_dataset, there are no files."""
+    from backdoor_arena.data import DATASETS, DatasetLoader
+
+    for info in (TINY_INFO, TINY_RGB_INFO, TINY28_INFO):
+        if info.name not in DATASETS:
+            def load(split, folder=None, *, download=True, writers=False, _info=info):
+                return tiny_dataset(64 if split == "train" else 32, info=_info, seed=0 if split == "train" else 1)
+
+            DATASETS.register(info.name)(DatasetLoader(info, load))
 
 
 def tiny_dataset(n: int = 64, info: DatasetInfo = TINY_INFO, seed: int = 0, dtype=torch.uint8) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -27,7 +28,30 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry (plugins registered by tests or notebooks); returns it."""
+        if name not in self._entries:
+            raise ConfigError(f"{self.kind} {name!r} is not registered")
+        return self._entries.pop(name)
+
+    @contextlib.contextmanager
+    def temporarily(self, name: str, obj: T) -> Iterator[T]:
+        """Register `obj` under `name` inside the block only."""
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
+        if not isinstance(name, str):
+            raise ConfigError(f"a {self.kind} is named by a string, got {type(name).__name__} {name!r}. "
+                              f"Known: {', '.join(self.names())}.")
+        if name in self._entries:
+            return self._entries[name]
+        folded = {k.lower(): k for k in self._entries}
+        if name.lower() in folded:  # names are lower-case; `MNIST` means `mnist`
+            return self._entries[folded[name.lower()]]
         try:
             return self._entries[name]
         except KeyError:

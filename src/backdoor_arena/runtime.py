@@ -1,4 +1,9 @@
-"""Process-level settings: CPU threads, library versions, seeded scopes."""
+"""Process-level settings: CPU threads, library versions, seeded scopes.
+
+Importing this module changes nothing. `set_threads` is the one function here with a process-wide
+effect (torch's intra-op thread count); it is called explicitly, once, by the CLI entry point and
+by the verbs layer, or by a Python user. Library code below the verbs layer never calls it.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,17 @@ def available_cores() -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Use all the cores this process may run on (torch defaults to physical cores, often fewer), unless
-    BACKDOOR_ARENA_THREADS says otherwise: on a machine shared with other jobs, OpenMP threads that
-    outnumber the free cores are many times slower than fewer threads (measured: 20x at load 8 on 2 cores)."""
+    """Set torch's CPU thread count for the whole process and return it.
+
+    `threads` if given (0 or None: not given), else $BACKDOOR_ARENA_THREADS, else all the cores this process may run on
+    (torch defaults to physical cores, often fewer). On a machine shared with other jobs, OpenMP
+    threads that outnumber the free cores are many times slower than fewer threads (measured: 20x
+    at load 8 on 2 cores), so shared machines set BACKDOOR_ARENA_THREADS.
+    """
+    if threads is not None and threads < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"threads must be a positive integer (or 0 for the default), got {threads}")
     n = threads or _threads_from_env() or available_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

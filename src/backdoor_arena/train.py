@@ -1,4 +1,8 @@
-"""The seeded training loop: same seed, same weights."""
+"""The seeded training loop: same seed, same weights.
+
+The loop knows no defense. A caller that needs to change how batches are drawn and how a step is taken
+(DP-SGD in defenses/dp.py: Poisson sampling, per-example clipping and noise) passes a `TrainAdapter`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,7 +20,7 @@ from tqdm.auto import tqdm
 from .data.dataset import Dataset, DatasetInfo, to_float
 from .errors import ConfigError, IncompatibleError
 from .models import architecture_args, build_model
-from .runtime import seeded, set_threads
+from .runtime import seeded
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -32,11 +36,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # read by the verbs layer, which sets the process's threads; fit does not
     progress: bool = True
-    dp_clip: float | None = None  # DP-SGD (defenses/dp.py): per-example gradient norm bound ...
-    dp_noise: float | None = None  # ... and noise multiplier; both or neither
-    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,18 +55,12 @@ class TrainConfig:
             problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        from .defenses.dp import check_dp_params
-
-        problems += check_dp_params(self.dp_clip, self.dp_noise, self.dp_delta)
         if problems:
             raise ConfigError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("progress")
-        if self.dp_clip is None:  # records of non-private runs stay as they were
-            for k in ("dp_clip", "dp_noise", "dp_delta"):
-                d.pop(k)
         return d
 
 
@@ -73,7 +68,32 @@ class TrainConfig:
 class TrainHistory:
     epochs: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
-    privacy: dict[str, Any] | None = None  # DP-SGD runs: clip, noise, delta, epsilon (defenses/dp.py)
+    privacy: dict[str, Any] | None = None  # DP-SGD runs: clip, noise, delta, epsilon (set by defenses/dp.py)
+
+
+class TrainAdapter(Protocol):
+    """Changes how `fit` draws batches and steps, for the duration of one call (DP-SGD is one).
+
+    `fit` calls `prepare` once (after its own checks), then per step `indices` for the rows of the batch
+    (an empty batch is a step that is skipped but counted), adds `epoch_record()` to every epoch's record,
+    and calls `close` at the end, also when training or `prepare` itself raises."""
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, n: int,
+                config: TrainConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module that computes the logits and the optimizer that steps (wrapping `model`'s)."""
+        ...
+
+    def indices(self, order: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+        """Row indices of step `step` of an epoch; `order` is the epoch's permutation, drawn from `generator`."""
+        ...
+
+    def epoch_record(self) -> dict[str, float]:
+        """Entries added to the epoch's record (after the training metrics, before the evaluation's)."""
+        ...
+
+    def close(self) -> None:
+        """Undo what `prepare` did to the model (hooks, attributes)."""
+        ...
 
 
 def create_model(architecture: str, info: DatasetInfo, seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -96,11 +116,16 @@ def fit(
     config: TrainConfig,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     description: str = "train",
+    *,
+    adapter: TrainAdapter | None = None,
 ) -> TrainHistory:
     """Train `model` in place on `train_set`; `evaluate(model)` runs after every epoch.
 
     Batches are drawn from an explicit generator seeded by `config.seed`; dropout draws from torch's
-    global generator, which is seeded for the duration of the call and restored afterwards.
+    global generator, which is seeded for the duration of the call and restored afterwards. `adapter`
+    changes how batches are drawn and steps taken (see `TrainAdapter`); without it, each epoch is one
+    pass over a seeded permutation in batches of `config.batch_size`. The process's thread count is the
+    caller's business (the verbs layer sets it once).
     """
     info = train_set.info
     with torch.no_grad():
@@ -111,17 +136,10 @@ def fit(
             raise IncompatibleError(f"the model does not accept {info.name!r} inputs {info.input_shape}: {exc}") from None
     if out.shape[-1] != info.num_classes:
         raise IncompatibleError(f"the model has {out.shape[-1]} outputs, dataset {info.name!r} has {info.num_classes} classes")
-    set_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     n = len(train_set)
-    private, net = None, model
-    if config.dp_clip is not None:
-        from .defenses.dp import PrivateTraining
-
-        private = PrivateTraining(model, optimizer, clip=config.dp_clip, noise=config.dp_noise,
-                                  delta=config.dp_delta, batch_size=config.batch_size, n=n, seed=config.seed)
-        net, optimizer = private.module, private.optimizer
+    net = model
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     history = TrainHistory()
@@ -129,8 +147,9 @@ def fit(
     start = time.perf_counter()
     step = 0
     with contextlib.ExitStack() as stack:
-        if private is not None:
-            stack.callback(private.close)
+        if adapter is not None:
+            stack.callback(adapter.close)  # registered first: runs last, also when `prepare` fails half-way
+            net, optimizer = adapter.prepare(model, optimizer, n, config)
         stack.enter_context(seeded(config.seed))
         bar = stack.enter_context(tqdm(total=total, desc=description, disable=not config.progress,
                                        unit="batch", mininterval=0.5, leave=False))
@@ -140,11 +159,10 @@ def fit(
             loss_sum, correct = 0.0, 0
             epoch_start = time.perf_counter()
             for b in range(steps_per_epoch):
-                if private is None:
+                if adapter is None:
                     idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                else:  # Poisson sampling, as the privacy accountant assumes
-                    idx = private.sample(generator)
-                    private.step()
+                else:
+                    idx = adapter.indices(order, b, generator)
                     if len(idx) == 0:
                         step += 1
                         bar.update(1)
@@ -166,16 +184,14 @@ def fit(
                 "epoch": epoch + 1, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                 "epoch_time_s": time.perf_counter() - epoch_start,
             }
-            if private is not None:
-                record["epsilon"] = private.epsilon()
+            if adapter is not None:
+                record.update(adapter.epoch_record())
             if evaluate is not None:
                 record.update(evaluate(model))
             history.epochs.append(record)
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "clean_accuracy")})
             if not math.isfinite(record["train_loss"]):
                 raise ConfigError(f"training diverged (loss {record['train_loss']}) at epoch {epoch + 1}; lower lr")
-        if private is not None:
-            history.privacy = private.record()
     model.eval()
     history.wall_time_s = time.perf_counter() - start
     return history

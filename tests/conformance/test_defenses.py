@@ -1,53 +1,30 @@
-"""Every registered mitigation and robust trainer, enrolled automatically (every module of
-`backdoor_arena.defenses` is imported, so a new registration is tested without a new test):
-the caller's model and data are never mutated, the same seed gives the same output, bad parameters raise
-ConfigError naming the parameter, and models come back with no hooks and their training mode restored,
-also when the work raises half-way."""
+"""Every registered mitigation and robust trainer, enrolled from the registries with the parameters each
+plugin declares (`example_params`, `bad_params`; see test_plugins.py for the declarations themselves): the
+caller's model and data are never mutated, the same seed gives the same output, bad parameters raise
+ConfigError with the declared message, and models come back with no hooks and their training mode restored,
+also when the work raises half-way or the clean set does not fit the model."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
-import pkgutil
 
 import pytest
 import torch
 
-import backdoor_arena.defenses as defenses
+from backdoor_arena.data.dataset import Dataset, DatasetInfo
 from backdoor_arena.defenses import MITIGATIONS, ROBUST_TRAINERS
 from backdoor_arena.errors import ArenaError, ConfigError
 from backdoor_arena.train import TrainConfig, create_model, fit
 from tests.helpers import TINY_INFO, TINY_RGB_INFO, tiny_dataset
 
-for _mod in pkgutil.iter_modules(defenses.__path__):
-    importlib.import_module(f"{defenses.__name__}.{_mod.name}")
-
-# Per plugin: fast parameters for tiny data, and a bad parameter with the name the error must mention.
-MITIGATION_PARAMS = {
-    "pruning": ({"step": 32}, {"max_accuracy_drop": 2.0}, "max_accuracy_drop"),
-    "fine-tuning": ({"epochs": 1}, {"epochs": 0}, "epochs"),
-    "fine-pruning": ({"epochs": 1, "step": 32}, {"lr": -1.0}, "lr"),
-    "nc-unlearning": ({"epochs": 1, "detector": {"steps": 6, "n_samples": 30, "batch_size": 8}},
-                      {"stamp_fraction": -0.1}, "stamp_fraction"),
-    "nc-pruning": ({"step_fraction": 0.1, "detector": {"steps": 6, "n_samples": 30, "batch_size": 8}},
-                   {"max_fraction": 3}, "max_fraction"),
-}
-TRAINER_PARAMS = {
-    "dp-sgd": ({"architecture": "emnist-cnn", "epochs": 1, "batch_size": 32}, {"noise": -1.0}, "dp_noise"),
-}
-
-
-def _model_and_data():
-    ds = tiny_dataset(64, info=TINY_RGB_INFO)
-    model, _ = create_model("gtsrb-cnn", TINY_RGB_INFO, 0)  # conv + BatchNorm: the harder case for pruning
-    fit(model, ds, TrainConfig(epochs=1, batch_size=16, progress=False))
-    return model, ds
-
 
 @pytest.fixture(scope="module")
 def model_and_data():
-    return _model_and_data()
+    ds = tiny_dataset(64, info=TINY_RGB_INFO)
+    model, _ = create_model("gtsrb-cnn", TINY_RGB_INFO, 0)  # conv + BatchNorm + dropout: the harder case
+    fit(model, ds, TrainConfig(epochs=1, batch_size=16, progress=False))
+    return model, ds
 
 
 def _no_hooks(model):
@@ -63,66 +40,126 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_every_plugin_is_enrolled():
-    missing = [n for n in MITIGATIONS.names() if n not in MITIGATION_PARAMS]
-    missing += [n for n in ROBUST_TRAINERS.names() if n not in TRAINER_PARAMS]
-    assert not missing, f"add fast and bad parameters for {missing} in tests/conformance/test_defenses.py"
+def _mitigation(name):
+    cls = MITIGATIONS.get(name)
+    return cls(**cls.example_params)
 
 
 @pytest.mark.parametrize("name", MITIGATIONS.names())
 def test_mitigation_contract(name, model_and_data):
-    fast, bad, param = MITIGATION_PARAMS.get(name, ({}, {}, ""))
     model, ds = model_and_data
     model = copy.deepcopy(model).train()  # the caller's mode must survive
-    before, images = _state(model), ds.images.clone()
-    a = MITIGATIONS.get(name)(**fast).repair(model, ds)
-    b = MITIGATIONS.get(name)(**fast).repair(model, ds)
-    assert _same(_state(model), before) and torch.equal(ds.images, images)  # nothing mutated
+    before, images, labels = _state(model), ds.images.clone(), ds.labels.clone()
+    a = _mitigation(name).repair(model, ds)
+    b = _mitigation(name).repair(model, ds)
+    assert _same(_state(model), before) and torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
     assert model.training and _no_hooks(model) and _no_hooks(a.model)
     assert a.model is not model and not a.model.training
     assert _same(_state(a.model), _state(b.model))  # same seed, same output
     assert isinstance(a.curve, list) and isinstance(a.info, dict)
-    with pytest.raises(ConfigError, match=param):
-        MITIGATIONS.get(name)(**{**fast, **bad})
 
 
 @pytest.mark.parametrize("name", MITIGATIONS.names())
-def test_mitigation_cleans_up_after_an_exception(name, model_and_data):
-    fast, _, _ = MITIGATION_PARAMS.get(name, ({}, {}, ""))
-    model, ds = model_and_data
-    model = copy.deepcopy(model).train()
-    before = _state(model)
+def test_mitigation_bad_parameters(name):
+    cls = MITIGATIONS.get(name)
+    for bad, message in cls.bad_params:
+        with pytest.raises(ConfigError, match=message):
+            cls(**{**cls.example_params, **bad})
 
-    if "monitor" not in inspect.signature(MITIGATIONS.get(name).repair).parameters:
-        # no evaluator callback to fail: fail on a clean set of the wrong shape instead
-        with pytest.raises((ArenaError, RuntimeError)):
-            MITIGATIONS.get(name)(**fast).repair(model, tiny_dataset(16, info=TINY_INFO))
-        assert model.training and _no_hooks(model) and _same(_state(model), before)
-        return
-    calls = []
-    MITIGATIONS.get(name)(**fast).repair(model, ds, monitor=lambda _m: calls.append(1) or {})
 
-    def failing_monitor(_m):  # fails on the last call: deepest into the work (e.g. fine-tuning's hooks)
+def _counting(calls: list[int]):
+    return lambda _m: calls.append(1) or {}
+
+
+def _failing_on_last(calls: list[int]):
+    """A monitor that fails on what was the last call: deepest into the work (e.g. fine-tuning's hooks)."""
+
+    def monitor(_m):
         calls.pop()
         if not calls:
             raise RuntimeError("evaluator failed")
         return {}
 
-    with pytest.raises(RuntimeError, match="evaluator failed"):
-        MITIGATIONS.get(name)(**fast).repair(model, ds, monitor=failing_monitor)
-    assert model.training and _no_hooks(model) and _same(_state(model), before)
+    return monitor
+
+
+@pytest.mark.parametrize("name", MITIGATIONS.names())
+def test_mitigation_cleans_up_after_an_exception(name, model_and_data):
+    model, ds = model_and_data
+    if "monitor" not in inspect.signature(MITIGATIONS.get(name).repair).parameters:
+        pytest.fail(f"{name}: repair must accept monitor= (the evaluator's view along the curve)")
+    for training in (True, False):
+        model = copy.deepcopy(model).train(training)
+        before = _state(model)
+        calls: list[int] = []
+        _mitigation(name).repair(model, ds, monitor=_counting(calls))
+        assert calls, "the monitor is called at least once"
+        with pytest.raises(RuntimeError, match="evaluator failed"):
+            _mitigation(name).repair(model, ds, monitor=_failing_on_last(calls))
+        assert model.training == training and _no_hooks(model) and _same(_state(model), before)
+
+
+class Exploding(torch.nn.Module):
+    """Wraps a model and fails on the n-th forward call (the count is shared by deep copies)."""
+
+    calls = [0]
+
+    def __init__(self, inner: torch.nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after = inner, after
+
+    def forward(self, x):
+        Exploding.calls[0] += 1
+        if Exploding.calls[0] > self.after:
+            raise ValueError("injected failure")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", MITIGATIONS.names())
+def test_mitigation_cleans_up_after_a_forward_pass_fails(name, model_and_data):
+    model, ds = model_and_data
+    Exploding.calls[0] = 0
+    _mitigation(name).repair(Exploding(copy.deepcopy(model), 10**9), ds)
+    total = Exploding.calls[0]  # forward passes of a whole repair
+    for after in sorted({1, total // 2, total - 1}):  # early (activation capture) ... the last pass
+        for training in (True, False):
+            wrapped = Exploding(copy.deepcopy(model), after).train(training)
+            before = _state(wrapped)
+            Exploding.calls[0] = 0
+            with pytest.raises((ValueError, ArenaError)):
+                _mitigation(name).repair(wrapped, ds)
+            assert wrapped.training == training and _no_hooks(wrapped) and _same(_state(wrapped), before)
+
+
+@pytest.mark.parametrize("name", MITIGATIONS.names())
+def test_mitigation_refuses_a_clean_set_that_does_not_fit_in_one_line(name, model_and_data):
+    model, _ = model_and_data
+    model = copy.deepcopy(model).train()
+    info = DatasetInfo("other", 3, (1, 28, 28), ("a", "b", "c"), (0.5,), (0.5,))
+    wrong = Dataset(info, torch.zeros(60, 1, 28, 28, dtype=torch.uint8), torch.arange(60) % 3)
+    for clean in (wrong, tiny_dataset(16, info=TINY_INFO)):
+        with pytest.raises(ArenaError) as err:
+            _mitigation(name).repair(model, clean)
+        assert "\n" not in str(err.value) and ("clean" in str(err.value) or "shape" in str(err.value))
+        assert model.training and _no_hooks(model)
 
 
 @pytest.mark.parametrize("name", ROBUST_TRAINERS.names())
 def test_robust_trainer_contract(name):
-    fast, bad, param = TRAINER_PARAMS.get(name, ({}, {}, ""))
+    cls = ROBUST_TRAINERS.get(name)
     ds = tiny_dataset(64, info=TINY_INFO)
     images, labels = ds.images.clone(), ds.labels.clone()
-    a = ROBUST_TRAINERS.get(name)(**fast, seed=3).fit(ds)
-    b = ROBUST_TRAINERS.get(name)(**fast, seed=3).fit(ds)
+    a = cls(**cls.example_params).fit(ds)
+    b = cls(**cls.example_params).fit(ds)
     assert torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
-    assert _same(_state(a.model), _state(b.model))
+    assert _same(_state(a.model), _state(b.model))  # same seed, same model
     assert _no_hooks(a.model) and not a.model.training
     assert a.epsilon > 0 and 0 < a.delta < 1  # the certificate
-    with pytest.raises(ConfigError, match=param):
-        ROBUST_TRAINERS.get(name)(**{**fast, **bad})
+
+
+@pytest.mark.parametrize("name", ROBUST_TRAINERS.names())
+def test_robust_trainer_bad_parameters(name):
+    cls = ROBUST_TRAINERS.get(name)
+    for bad, message in cls.bad_params:
+        with pytest.raises(ConfigError, match=message):
+            cls(**{**cls.example_params, **bad})

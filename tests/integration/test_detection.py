@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 
-from backdoor_arena.api import _train_and_save
+from backdoor_arena.api import detect, train_model
 from backdoor_arena.attacks import make_attack
-from backdoor_arena.commands.detect import detect
 from backdoor_arena.data import load_dataset
 from backdoor_arena.defenses import clean_holdout
 from backdoor_arena.train import TrainConfig
@@ -33,8 +32,8 @@ def mnist_pair(tmp_path_factory, data_root):
                       trigger_options={"size": 4}, target=7, poison_rate=0.1, seed=0)
     poisoned = atk.poison(rest, torch.Generator().manual_seed(0)).dataset
     config = TrainConfig(epochs=2, progress=False)
-    bad = _train_and_save("badnet-mnist", poisoned, test, config, out / "bad.safetensors", atk, "bad")
-    clean = _train_and_save("badnet-mnist", rest, test, config, out / "clean.safetensors", None, "clean")
+    bad = train_model("badnet-mnist", poisoned, test, config, out / "bad.safetensors", atk, "bad")
+    clean = train_model("badnet-mnist", rest, test, config, out / "clean.safetensors", None, "clean")
     assert bad.metrics["attack_success_rate"] > 0.95 and clean.metrics["clean_accuracy"] > 0.96
     return bad.path, bad.spec_path, clean.path
 
@@ -73,7 +72,7 @@ def test_spectral_signatures_find_the_poisons(data_root, tmp_path):
     atk = make_attack("badnets", num_classes=10, channels=1, image_size=28, trigger="square",
                       trigger_options={"size": 4}, target=7, poison_rate=0.01, seed=0)
     p = atk.poison(rest, torch.Generator().manual_seed(0))
-    r = _train_and_save("badnet-mnist", p.dataset, load_dataset("mnist", "test", data_root),
+    r = train_model("badnet-mnist", p.dataset, load_dataset("mnist", "test", data_root),
                         TrainConfig(epochs=2, progress=False), tmp_path / "low.safetensors", atk, "low")
     flt = SpectralSignatures(epsilon=0.1)
     scores = flt.score(_load(r.path), p.dataset)

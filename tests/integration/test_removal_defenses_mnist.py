@@ -9,16 +9,15 @@ import math
 import pytest
 import torch
 
-from backdoor_arena.api import _train_and_save
-from backdoor_arena.attacks import make_attack
-from backdoor_arena.attacks.pruning_aware import PruningAwareAttack
+from backdoor_arena.api import DPSettings, make_monitor, train_model
+from backdoor_arena.attacks import PruningAwareAttack, make_attack
 from backdoor_arena.data import load_dataset
 from backdoor_arena.defenses import clean_holdout
 from backdoor_arena.defenses.finetuning import FinePruning, FineTuning
-from backdoor_arena.defenses.pruning import Pruning, mean_channel_activations, prune_site
-from backdoor_arena.experiments.removal import make_monitor
+from backdoor_arena.defenses.pruning import Pruning
 from backdoor_arena.metrics import evaluate
 from backdoor_arena.modelfile import load_model, read_manifest
+from backdoor_arena.nn_tools import mean_channel_activations, prune_site
 from backdoor_arena.train import TrainConfig
 from tests.helpers import run_cli
 
@@ -44,7 +43,7 @@ def backdoored(tmp_path_factory, mnist):
     atk = _attack()
     poisoned = atk.poison(train.subset(torch.arange(N_TRAIN)), torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("removal") / "bad.safetensors"
-    r = _train_and_save("badnet-mnist", poisoned.dataset, test, TrainConfig(epochs=2, progress=False), out, atk, "t")
+    r = train_model("badnet-mnist", poisoned.dataset, test, TrainConfig(epochs=2, progress=False), out, atk, "t")
     assert r.metrics["attack_success_rate"] > 0.95 and r.metrics["clean_accuracy"] > 0.97
     return r.path, r.spec_path, atk
 
@@ -87,7 +86,7 @@ def test_defend_nc_unlearning_cli_unlearns_the_reversed_trigger(backdoored, tmp_
     path, spec, _ = backdoored
     out = tmp_path / "unlearned.safetensors"
     code, stdout, err = run_cli(["defend", "nc-unlearning", str(path), "--out", str(out), "--attack-spec", str(spec),
-                                 "--steps", "100", "--json", "--quiet"], capsys, monkeypatch)
+                                 "--detector", '{"steps": 100, "batch_size": 16}', "--json", "--quiet"], capsys, monkeypatch)
     assert code == 0, err
     r = json.loads(stdout)
     assert r["before"]["attack_success_rate"] > 0.95
@@ -126,7 +125,7 @@ def test_pruning_aware_attack_hides_the_backdoor_from_pruning(mnist):
     """The restored channels are dormant on the defender's clean set, so pruning takes them first."""
     train, test = mnist
     subset = train.subset(torch.arange(N_TRAIN))
-    attack = PruningAwareAttack(_attack(), max_accuracy_drop=0.01, clean_samples=3000,
+    attack = PruningAwareAttack(_attack(), prune_accuracy_drop=0.01, clean_samples=3000,
                                 retrain=TrainConfig(epochs=2, progress=False))
     model, record = attack.train("badnet-mnist", subset, TrainConfig(epochs=1, progress=False))
     restored = record["pruned_channels"]
@@ -147,8 +146,9 @@ def test_dp_sgd_training_records_epsilon_in_the_manifest(mnist, tmp_path):
     train, test = mnist
     atk = _attack()
     poisoned = atk.poison(train.subset(torch.arange(6000)), torch.Generator().manual_seed(0))
-    config = TrainConfig(epochs=1, batch_size=128, lr=0.1, progress=False, dp_clip=1.0, dp_noise=1.0, dp_delta=1e-5)
-    r = _train_and_save("badnet-mnist", poisoned.dataset, test, config, tmp_path / "dp.safetensors", atk, "dp")
+    config = TrainConfig(epochs=1, batch_size=128, lr=0.1, progress=False)
+    r = train_model("badnet-mnist", poisoned.dataset, test, config, tmp_path / "dp.safetensors", atk, "dp",
+                    dp=DPSettings(clip=1.0, noise=1.0, delta=1e-5))
     privacy = load_model(r.path).manifest.training["privacy"]
     assert privacy["delta"] == 1e-5 and privacy["clip"] == 1.0 and privacy["noise_multiplier"] == 1.0
     assert 0 < privacy["epsilon"] < math.inf and privacy["sampling"] == "poisson"

@@ -1,11 +1,24 @@
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 
-from backdoor_arena.attacks import ATTACKS, attack_from_spec, load_attack_spec, make_attack
+from backdoor_arena.attacks import (
+    ATTACKS,
+    BadNets,
+    Blended,
+    PoisoningAttack,
+    attack_from_spec,
+    load_attack_spec,
+    make_attack,
+)
 from backdoor_arena.errors import ConfigError
+from backdoor_arena.triggers import BlendTrigger, SquareTrigger, make_trigger
 from tests.helpers import TINY_INFO, tiny_dataset
+
+SHA = "0123456789abcdef" * 4
 
 
 def badnets(**kw):
@@ -111,7 +124,7 @@ def test_bad_specs(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_attack_spec(tmp_path / "bad.json")
     spec = badnets().to_spec()
-    with pytest.raises(ConfigError, match="missing keys"):
+    with pytest.raises(ConfigError, match="target: a required key is missing"):
         attack_from_spec({k: v for k, v in spec.items() if k != "target"})
     with pytest.raises(ConfigError, match="unknown attack"):
         attack_from_spec({**spec, "attack": "trojannn"})
@@ -124,3 +137,63 @@ def test_bad_specs(tmp_path):
 
 def test_registry():
     assert ATTACKS.names() == ["badnets", "blended"]
+    assert ATTACKS.get("badnets") is BadNets and ATTACKS.get("blended") is Blended
+    assert all(ATTACKS.get(n).name == n for n in ATTACKS.names())
+
+
+def test_each_attack_is_its_own_class_and_reads_its_own_spec():
+    b = badnets(target=1)
+    blended = make_attack("blended", num_classes=4, channels=1, image_size=12, trigger_options={"alpha": 0.3})
+    assert type(b) is BadNets and type(blended) is Blended and isinstance(blended.trigger, BlendTrigger)
+    assert type(attack_from_spec(blended.to_spec())) is Blended
+    # same parameters, different attack: the class is part of the identity
+    as_blended = Blended(b.trigger, b.num_classes, b.target)
+    assert as_blended != BadNets(b.trigger, b.num_classes, b.target)
+    assert attack_from_spec(as_blended.to_spec()) == as_blended
+
+
+def test_a_spec_file_of_format_version_1_loads_as_written(tmp_path):
+    """A spec as the project wrote them before attacks were plugins (byte for byte)."""
+    text = ('{\n "spec_version": 1,\n "attack": "badnets",\n "num_classes": 4,\n "target": 2,\n "mode": "all-to-one",'
+            '\n "sources": [],\n "poison_rate": 0.1,\n "injection": "append",\n "seed": 0,\n "cover_rate": 0.0,\n'
+            ' "trigger": {\n  "kind": "square",\n  "patch": [\n   [\n    [\n     1.0,\n     1.0\n    ],\n    [\n'
+            '     1.0,\n     1.0\n    ]\n   ]\n  ],\n  "mask": [\n   [\n    1.0,\n    1.0\n   ],\n   [\n'
+            '    1.0,\n    1.0\n   ]\n  ],\n  "position": "bottom-right",\n  "margin": 1\n },\n'
+             ' "model_sha256": "' + SHA + '"\n}')
+    (tmp_path / "old.attack.json").write_text(text)
+    atk = load_attack_spec(tmp_path / "old.attack.json", num_classes=4)
+    assert atk == badnets(target=2)
+    assert isinstance(atk.trigger, SquareTrigger)
+    again = atk.save_spec(tmp_path / "again.attack.json", model_sha256=SHA)
+    assert again.read_text() == text  # written back byte for byte
+
+
+@dataclass(frozen=True)
+class Corner(PoisoningAttack):
+    """A toy attack from outside the package: its own default trigger and spec entry."""
+
+    name: ClassVar[str] = "corner"
+    default_trigger: ClassVar[str] = "pixel"
+
+
+def test_a_new_attack_plugs_in_by_registration_alone(tmp_path):
+    with ATTACKS.temporarily("corner", Corner):
+        atk = make_attack("corner", num_classes=4, channels=1, image_size=12, target=3)
+        assert type(atk) is Corner and atk.trigger == make_trigger("pixel", 1, 12)
+        path = atk.save_spec(tmp_path / "c.attack.json")
+        assert json.loads(path.read_text())["attack"] == "corner"
+        assert load_attack_spec(path) == atk
+    with pytest.raises(ConfigError, match="unknown attack 'corner'"):
+        load_attack_spec(path)
+
+
+def test_unknown_parameters_and_malformed_specs_are_config_errors():
+    with pytest.raises(ConfigError, match="poison_ratio"):
+        make_attack("badnets", num_classes=4, channels=1, image_size=12, poison_ratio=0.1)
+    spec = badnets().to_spec()
+    with pytest.raises(ConfigError, match="target: input should be a valid integer"):
+        attack_from_spec({**spec, "target": "seven"})
+    with pytest.raises(ConfigError, match="version"):
+        attack_from_spec({**spec, "spec_version": 2})
+    with pytest.raises(ConfigError, match="trigger: pattern: a required key is missing"):
+        attack_from_spec({**spec, "trigger": {"kind": "blend", "alpha": 0.2}})

@@ -39,7 +39,7 @@ def test_module_entry_point_runs():
     (["attack", "badnets", "--dataset", "mnist", "--model", "badnet-mnist", "--poison-rate", "1.5", "--out",
       "x.safetensors"], 2, "poison_rate"),
     (["attack", "trojan", "--dataset", "mnist", "--model", "badnet-mnist", "--out", "x.safetensors"], 2,
-     "unknown attack"),
+     "No such command 'trojan'"),
     (["attack", "badnets", "--dataset", "mnist", "--model", "badnet-mnist", "--position", "1,x", "--out",
       "x.safetensors"], 2, "ROW,COL"),
     (["attack", "badnets", "--dataset", "mnist", "--model", "badnet-mnist", "--trigger", "image:nope.png", "--out",
@@ -93,6 +93,10 @@ def test_wrap_converts_bare_weights(capsys, monkeypatch, tmp_path, tiny_mnist_mo
                         "--out", str(out)], capsys, monkeypatch)
     assert code == 0, err
     assert torch.equal(load_model(out).model.head[1].weight, weights["head.1.weight"])
-    code, _, err = run(["wrap", str(tmp_path / "w.safetensors"), "--model", "emnist-cnn", "--dataset", "mnist",
+    before = out.read_bytes()
+    code, _, err = run(["wrap", str(tmp_path / "w.safetensors"), "--model", "badnet-mnist", "--dataset", "mnist",
                         "--out", str(out)], capsys, monkeypatch)
-    assert code == 4 and "missing tensors" in err
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == before  # never replaced silently
+    code, _, err = run(["wrap", str(tmp_path / "w.safetensors"), "--model", "emnist-cnn", "--dataset", "mnist",
+                        "--out", str(out), "--overwrite"], capsys, monkeypatch)
+    assert code == 4 and "missing tensors" in err and out.read_bytes() == before

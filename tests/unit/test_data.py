@@ -1,19 +1,24 @@
 """Dataset loading: real files from $BACKDOOR_ARENA_DATA, plus generated files for the failure paths.
 
-No test touches the network: every download goes through a patched `urllib.request.urlopen`.
+No test touches the internet: every publisher mirror points at a dead local port unless a test
+serves files from a local HTTP server (a thread running `http.server` on 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import shutil
+import socket
+import stat
 import sys
 import tarfile
-import urllib.error
-import urllib.request
+import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,9 @@ import pytest
 import torch
 
 from backdoor_arena.data import (
+    DataFolder,
     Dataset,
+    DatasetStore,
     cache,
     cifar10,
     dataset_info,
@@ -39,6 +46,7 @@ MNIST_FILES = [
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 ]
+QMNIST_FILES = ["qmnist-train-labels-idx2-int.gz", "qmnist-test-labels-idx2-int.gz"]
 GTSRB_ZIPS = [gtsrb.TRAIN_ZIP, gtsrb.TEST_ZIP, gtsrb.GT_ZIP]
 
 
@@ -50,35 +58,71 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-class FakeResponse(io.BytesIO):
-    """What urlopen returns: a byte stream with HTTP headers."""
-
-    def __init__(self, body: bytes) -> None:
-        super().__init__(body)
-        self.headers = {"Content-Length": str(len(body))}
+def everything_under(folder: Path) -> list[str]:
+    """Files and folders: a failed load must not leave empty folders behind either."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-class FakeNet:
-    """Stands in for urllib.request.urlopen: serves `pages` by URL, everything else is offline."""
+class Server:
+    """A local HTTP server in a thread, serving `folder`; records the path of every GET."""
 
-    def __init__(self, pages: dict[str, bytes] | None = None) -> None:
-        self.pages = pages or {}
-        self.calls: list[str] = []
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.requests: list[str] = []
+        requests = self.requests
 
-    def __call__(self, request: urllib.request.Request, timeout: float | None = None) -> FakeResponse:
-        assert timeout is not None and timeout <= 30, "downloads must use a socket timeout"
-        url = request.full_url
-        self.calls.append(url)
-        if url in self.pages:
-            return FakeResponse(self.pages[url])
-        raise urllib.error.URLError("network is unreachable (test)")
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)  # type: ignore[arg-type]
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:  # keep the test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def put(self, relpath: str, data: bytes) -> str:
+        """Serve `data` at `relpath`; returns its URL."""
+        path = self.folder / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return self.base + relpath
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture
-def net(monkeypatch: pytest.MonkeyPatch) -> FakeNet:
-    fake = FakeNet()
-    monkeypatch.setattr(urllib.request, "urlopen", fake)
-    return fake
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("served"))
+    yield srv
+    srv.close()
+
+
+def dead_url() -> str:
+    """A local port nobody listens on: connecting is refused at once, as on a machine with no network."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every publisher mirror points at dead local ports: no test can reach the internet."""
+    dead = [dead_url() + "a/", dead_url() + "b/"]
+    for folder in mnist.URLS:
+        monkeypatch.setitem(mnist.URLS, folder, tuple(dead))
+    monkeypatch.setattr(cifar10, "URLS", (dead[0] + cifar10.ARCHIVE,))
+    monkeypatch.setattr(gtsrb, "BASE_URL", dead[0])
+    return dead
 
 
 def copy_mnist(data_root: Path, root: Path) -> Path:
@@ -123,8 +167,9 @@ def test_bad_arguments_raise_config_error() -> None:
 
 
 def test_real_mnist(data_root: Path) -> None:
-    train = load_dataset("mnist", "train", data_root)
-    test = load_dataset("mnist", "test", data_root)
+    store = DatasetStore(data_root)
+    train = store.load("mnist", "train")
+    test = load_dataset("mnist", "test", data_root, store=store)
     assert isinstance(train, Dataset)
     assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
     assert test.images.shape == (10000, 1, 28, 28)
@@ -132,7 +177,13 @@ def test_real_mnist(data_root: Path) -> None:
     assert test.labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert train.groups is None and int(train.images.max()) == 255
     assert to_float(test.images[:2]).max() <= 1.0
-    assert load_dataset("mnist", "train", data_root) is train  # memoised
+    # the store memoises; the function without a store reads the files again (no hidden cache)
+    assert store.load("MNIST", "train") is train and load_dataset("mnist", "test", store=store) is test
+    assert store.loaded() == [("mnist", "train", False), ("mnist", "test", False)]
+    fresh = load_dataset("mnist", "test", data_root)
+    assert fresh is not test and torch.equal(fresh.images, test.images)
+    store.clear()
+    assert store.loaded() == [] and store.load("mnist", "test") is not test
 
 
 def test_real_mnist_writer_ids(data_root: Path) -> None:
@@ -182,54 +233,114 @@ def test_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert cache.resolve_root(str(tmp_path / "arg")) == (tmp_path / "arg").resolve()
 
 
+def test_store_checks_arguments_and_touches_nothing(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "nowhere", download=False)
+    assert store.root == (tmp_path / "nowhere").resolve() and not (tmp_path / "nowhere").exists()
+    with pytest.raises(ConfigError, match="not the store's data folder"):
+        load_dataset("mnist", "test", tmp_path / "elsewhere", store=store)
+    with pytest.raises(ConfigError, match="writer ids"):
+        store.load("gtsrb", "train", writers=True)
+    with pytest.raises(DatasetError, match="download=False"):  # the store's setting is the default
+        store.load("mnist", "test")
+    assert store.loaded() == [] and not (tmp_path / "nowhere").exists()
+
+
 # ---------------------------------------------------------------- missing files
 
 
-def test_offline_lists_every_missing_file(tmp_path: Path, net: FakeNet) -> None:
+def test_offline_lists_every_missing_file_fast_and_creates_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "nonexistent" / "x"  # like `evaluate --data-root /nonexistent/x`
+    start = time.perf_counter()
     with pytest.raises(DatasetError) as err:
-        load_dataset("mnist", "test", tmp_path, writers=True)
+        load_dataset("mnist", "test", root, writers=True)
+    assert time.perf_counter() - start < 10  # refused connections fail at once, nothing retried
     message = str(err.value)
-    for name in MNIST_FILES + ["qmnist-train-labels-idx2-int.gz", "qmnist-test-labels-idx2-int.gz"]:
+    assert "\n" not in message  # one line
+    for name in MNIST_FILES + QMNIST_FILES:
         assert name in message
-    assert str(tmp_path / "mnist") in message and str(tmp_path / "qmnist") in message
-    assert "BACKDOOR_ARENA_DATA" in message
-    assert net.calls[:2] == [u + MNIST_FILES[0] for u in mnist.MNIST_URLS]  # mirrors in order
-    assert files_under(tmp_path) == []
+    assert str(root / "mnist") in message and str(root / "qmnist") in message
+    assert "BACKDOOR_ARENA_DATA" in message and "connection refused" in message
+    assert everything_under(tmp_path) == []  # pooch made the folder to download into; it is gone again
 
 
-def test_download_disabled_never_touches_network(tmp_path: Path, net: FakeNet) -> None:
+def test_mirrors_are_tried_in_order(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(mnist.URLS, "mnist", (server.base + "first/", server.base + "second/"))
+    with pytest.raises(DatasetError, match="HTTP 404") as err:
+        load_dataset("mnist", "train", tmp_path)
+    assert server.requests == [f"/first/{MNIST_FILES[0]}", f"/second/{MNIST_FILES[0]}"]  # then stop
+    assert all(name in str(err.value) for name in MNIST_FILES)
+    assert f"from {server.base}first/ or {server.base}second/" in str(err.value)
+    assert everything_under(tmp_path) == []
+
+
+def test_download_disabled_never_touches_network(
+    tmp_path: Path, data_root: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in MNIST_FILES:  # the files are there to be had, yet never asked for
+        server.put(f"fashion-mnist/{name}", (data_root / "fashion-mnist" / name).read_bytes())
+    monkeypatch.setitem(mnist.URLS, "fashion-mnist", (server.base + "fashion-mnist/",))
     with pytest.raises(DatasetError, match="download=False") as err:
         load_dataset("fashion-mnist", "train", tmp_path, download=False)
     assert all(name in str(err.value) for name in MNIST_FILES)
     assert str(tmp_path / "fashion-mnist") in str(err.value)
     with pytest.raises(DatasetError, match="cifar-10-binary.tar.gz"):
         load_dataset("cifar10", "test", tmp_path, download=False)
-    assert net.calls == []
+    assert server.requests == []
+    assert everything_under(tmp_path) == []
 
 
 @pytest.mark.parametrize("download", [True, False])
-def test_gtsrb_offline_lists_npz_and_archives(tmp_path: Path, net: FakeNet, download: bool) -> None:
+def test_gtsrb_offline_lists_npz_and_archives(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch, download: bool
+) -> None:
+    monkeypatch.setattr(gtsrb, "BASE_URL", server.base)  # serves nothing: 404
     with pytest.raises(DatasetError) as err:
         load_dataset("gtsrb", "train", tmp_path, download=download)
     message = str(err.value)
     assert all(name in message for name in [gtsrb.NPZ, *GTSRB_ZIPS])
     assert str(tmp_path / "gtsrb") in message and "BACKDOOR_ARENA_DATA" in message
-    assert bool(net.calls) == download
-    assert files_under(tmp_path) == []
+    assert server.requests == ([f"/{gtsrb.TRAIN_ZIP}"] if download else [])
+    assert everything_under(tmp_path) == []
+
+
+def test_stalled_server_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that accepts the connection but never answers must not hang the load."""
+    monkeypatch.setattr(cache, "READ_TIMEOUT_S", 0.3)
+    with socket.socket() as listener:  # listens (the kernel completes the handshake) but never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/f.bin"
+        start = time.perf_counter()
+        with pytest.raises(DatasetError, match="timed out"):
+            cache.fetch(tmp_path, "thing/f.bin", [url], md5_bytes(b"x"))
+        assert time.perf_counter() - start < 10
+    assert everything_under(tmp_path) == []
+
+
+def test_unwritable_data_folder_is_reported(tmp_path: Path, server: Server) -> None:
+    url = server.put("f.bin", b"data")
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(DatasetError, match="cannot write .*f.bin.*writable data folder"):
+        cache.fetch(tmp_path / "a-file" / "data", "thing/f.bin", [url], md5_bytes(b"data"))
+    assert everything_under(tmp_path) == ["a-file"]
 
 
 # ---------------------------------------------------------------- corrupt files
 
 
-def test_truncated_file_is_reported_and_kept(tmp_path: Path, data_root: Path, net: FakeNet) -> None:
+def test_truncated_file_is_reported_and_kept(
+    tmp_path: Path, data_root: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = copy_mnist(data_root, tmp_path) / "t10k-images-idx3-ubyte.gz"
     data = target.read_bytes()
+    server.put(f"mnist/{target.name}", data)
+    monkeypatch.setitem(mnist.URLS, "mnist", (server.base + "mnist/",))
     target.write_bytes(data[: len(data) // 2])
     with pytest.raises(DatasetError, match="corrupt or truncated") as err:
         load_dataset("mnist", "test", tmp_path)
     assert str(target) in str(err.value) and "Delete it" in str(err.value)
-    assert target.stat().st_size == len(data) // 2  # reported, never deleted
-    assert net.calls == []
+    assert target.stat().st_size == len(data) // 2  # reported, never deleted nor replaced
+    assert server.requests == []
     # Without the md5 gate, the IDX reader itself reports the file, not a gzip traceback.
     with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz"):
         mnist.read_idx(target, dtype_code=0x08, ndim=3)
@@ -288,37 +399,48 @@ def test_qmnist_rows_must_match_mnist_labels(tmp_path: Path, monkeypatch: pytest
         load_dataset("mnist", "test", tmp_path, writers=True)
 
 
-# ---------------------------------------------------------------- downloads
+# ---------------------------------------------------------------- downloads (pooch, local server)
 
 
-def test_simulated_download_writes_verified_files(
-    tmp_path: Path, data_root: Path, net: FakeNet, monkeypatch: pytest.MonkeyPatch
+def test_download_writes_verified_files(
+    tmp_path: Path, data_root: Path, server: Server, offline: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    net.pages = {mnist.MNIST_URLS[1] + n: (data_root / "mnist" / n).read_bytes() for n in MNIST_FILES}
-    test = load_dataset("mnist", "test", tmp_path)
-    assert test.images.shape == (10000, 1, 28, 28)
-    assert files_under(tmp_path) == sorted(f"mnist/{n}" for n in MNIST_FILES)  # no temp files left
     for name in MNIST_FILES:
-        assert cache.md5sum(tmp_path / "mnist" / name) == mnist.MD5["mnist"][name]
-    # verified once per process: a second fetch does not hash the file again
-    monkeypatch.setattr(cache, "md5sum", lambda path: pytest.fail("hashed twice"))
-    name = MNIST_FILES[3]
-    cache.fetch(tmp_path, f"mnist/{name}", [], mnist.MD5["mnist"][name], download=False)
+        server.put(f"mnist/{name}", (data_root / "mnist" / name).read_bytes())
+    monkeypatch.setitem(mnist.URLS, "mnist", (offline[0], server.base + "mnist/"))  # first mirror down
+    store = DatasetStore(tmp_path / "data")
+    test = store.load("mnist", "test")
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert server.requests == [f"/mnist/{n}" for n in MNIST_FILES]
+    root = tmp_path / "data"
+    assert files_under(root) == sorted(f"mnist/{n}" for n in MNIST_FILES)  # no temporary files left
+    for name in MNIST_FILES:
+        assert cache.md5sum(root / "mnist" / name) == mnist.MD5["mnist"][name]
+        assert stat.S_IMODE((root / "mnist" / name).stat().st_mode) == 0o644
+    # The store's folder verified the downloaded bytes: it does not hash them again...
+    hashed: list[Path] = []
+    monkeypatch.setattr(cache, "md5sum", lambda path: hashed.append(path) or "0" * 32)
+    assert store.load("mnist", "train").images.shape == (60000, 1, 28, 28)
+    assert hashed == [] and len(server.requests) == len(MNIST_FILES)
+    # ...but the digests live in the object, not the process: a fresh folder hashes every file.
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        DataFolder(root).fetch(f"mnist/{MNIST_FILES[0]}", [], mnist.MD5["mnist"][MNIST_FILES[0]])
+    assert hashed == [root / "mnist" / MNIST_FILES[0]]
 
 
-def test_download_with_wrong_bytes_leaves_nothing(tmp_path: Path, net: FakeNet) -> None:
+def test_download_with_wrong_bytes_leaves_nothing(tmp_path: Path, server: Server) -> None:
     good, bad = b"the published bytes", b"a captive portal page"
-    urls = ["https://a.example/f.bin", "https://b.example/f.bin"]
-    net.pages = {u: bad for u in urls}
+    urls = [server.put("a/f.bin", bad), server.put("b/f.bin", bad)]
     with pytest.raises(DatasetError, match="f.bin") as err:
-        cache.fetch(tmp_path, "thing/f.bin", urls, md5_bytes(good))
-    assert md5_bytes(bad) in str(err.value)
-    assert net.calls == urls
-    assert files_under(tmp_path) == []
+        cache.fetch(tmp_path / "root", "thing/f.bin", urls, md5_bytes(good))
+    assert f"md5 {md5_bytes(bad)} instead of {md5_bytes(good)}" in str(err.value)
+    assert server.requests == ["/a/f.bin", "/b/f.bin"]
+    assert everything_under(tmp_path) == []  # neither the bad bytes nor the folder pooch made
 
-    net.pages = {urls[1]: good}  # first mirror down, second serves the right bytes
-    path = cache.fetch(tmp_path, "thing/f.bin", urls, md5_bytes(good))
-    assert path.read_bytes() == good and files_under(tmp_path) == ["thing/f.bin"]
+    server.put("b/f.bin", good)  # first mirror still wrong, second serves the right bytes
+    path = cache.fetch(tmp_path / "root", "thing/f.bin", urls, md5_bytes(good))
+    assert path == tmp_path / "root" / "thing" / "f.bin"
+    assert path.read_bytes() == good and files_under(tmp_path) == ["root/thing/f.bin"]
 
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path: Path) -> None:
@@ -435,13 +557,13 @@ def fake_gtsrb_archives() -> tuple[dict[str, bytes], dict[str, tuple[int, int, i
 
 
 def test_gtsrb_builds_cache_from_official_archives(
-    tmp_path: Path, net: FakeNet, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("PIL")
     archives, _ = fake_gtsrb_archives()
     for name, data in archives.items():
         monkeypatch.setitem(gtsrb.MD5, name, md5_bytes(data))
-    net.pages = {gtsrb.BASE_URL + name: data for name, data in archives.items()}
+        server.put(f"gtsrb/{name}", data)
+    monkeypatch.setattr(gtsrb, "BASE_URL", server.base + "gtsrb/")
 
     train = load_dataset("gtsrb", "train", tmp_path)
     assert files_under(tmp_path) == sorted(f"gtsrb/{n}" for n in [gtsrb.NPZ, *GTSRB_ZIPS])
@@ -456,11 +578,13 @@ def test_gtsrb_builds_cache_from_official_archives(
         assert z["x_train"].shape == (8, 32, 32, 3) and z["track_train"].tolist() == [0, 0, 1, 1] * 2
 
 
-def test_gtsrb_without_pillow_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, net: FakeNet) -> None:
+def test_gtsrb_without_pillow_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> None:
+    monkeypatch.setattr(gtsrb, "BASE_URL", server.base)
     monkeypatch.setitem(sys.modules, "PIL", None)  # makes `from PIL import Image` fail
     with pytest.raises(DatasetError, match="pip install pillow"):
         load_dataset("gtsrb", "test", tmp_path)
-    assert net.calls == []  # no archive download that could not be used
+    assert server.requests == []  # no archive download that could not be used
+    assert everything_under(tmp_path) == []
 
 
 def test_gtsrb_rejects_broken_npz(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ from torch import nn
 from backdoor_arena.data.dataset import Dataset, DatasetInfo
 from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, anomaly_index, anomaly_indices, apply_masks
 from backdoor_arena.defenses.sentinet import grad_cam, top_region
-from backdoor_arena.defenses.spectral import SpectralSignatures, penultimate_features, spectral_scores
+from backdoor_arena.defenses.spectral import SpectralSignatures, spectral_scores
 from backdoor_arena.defenses.strip import Strip, prediction_entropy, superimpose
 from backdoor_arena.errors import ConfigError
+from backdoor_arena.nn_tools import penultimate_features
 from backdoor_arena.train import TrainConfig, create_model, fit
 from tests.helpers import TINY_INFO, tiny_dataset
 
@@ -121,3 +122,24 @@ def test_sentinet_region_and_grad_cam(tiny_model):
     mask = top_region(heat, 0.1)
     assert mask.shape == (5, 1, 12, 12) and torch.all(mask.sum(dim=(1, 2, 3)) == round(0.1 * 144))
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def test_penultimate_features_are_the_last_linear_inputs_and_leave_the_model_as_it_was():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    x = torch.rand(7, 1, 4, 4)
+    feats = penultimate_features(model, x, batch_size=3)
+    with torch.no_grad():
+        expected = torch.relu(model[1](x.flatten(1)))  # eval mode: dropout is off
+    assert torch.allclose(feats, expected, atol=1e-6)
+    assert model.training and all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_reversed_triggers_are_drawn_by_the_reporting_layer(tmp_path):
+    from backdoor_arena import report
+    from backdoor_arena.defenses import neural_cleanse
+
+    assert not hasattr(neural_cleanse, "plot_reversed")
+    masks, patterns = torch.rand(3, 1, 6, 6), torch.rand(3, 3, 6, 6)
+    path = report.plot_reversed_triggers(tmp_path / "f" / "rev.png", masks, patterns, masks.sum(dim=(1, 2, 3)),
+                                         ["a", "b", "c"], flagged_label=1)
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

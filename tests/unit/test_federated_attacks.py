@@ -9,17 +9,11 @@ import torch
 
 from backdoor_arena.data import load_dataset
 from backdoor_arena.errors import ConfigError
-from backdoor_arena.federated.attacks import (
-    AttackContext,
-    FixedFrequency,
-    NormBoundedAttack,
-    RandomSampling,
-    UnconstrainedAttack,
-    make_attacker_data,
-    make_backdoor_task,
-)
+from backdoor_arena.federated.adversaries import FixedFrequency, RandomSampling
+from backdoor_arena.federated.attacks import AttackContext, NormBoundedAttack, UnconstrainedAttack
 from backdoor_arena.federated.engines import flat_params
 from backdoor_arena.federated.partition import partition_by_writer
+from backdoor_arena.federated.task import make_attacker_data, make_backdoor_task
 from backdoor_arena.train import create_model
 
 
@@ -82,9 +76,15 @@ def test_boost_and_norm_bound(fed):
     data = make_attacker_data(fed, task, 20, torch.Generator().manual_seed(0))
     model, _ = create_model("badnet-mnist", fed.dataset.info, seed=0)
     w = flat_params(model)
-    ctx = AttackContext(model, w, data, 1, 0, n_attackers=2, attacker_weight=100.0, weight_sum=3000.0, server_lr=1.0)
-    upd, info = UnconstrainedAttack(epochs=1).craft(ctx)
-    assert info["boost"] == pytest.approx(15.0)  # 3000 / (1 * 2 * 100): two attackers split the replacement
-    assert float(upd.norm()) == pytest.approx(15.0 * info["unboosted_norm"], rel=1e-4)
-    bounded, info_b = NormBoundedAttack(norm_bound=1.0, epochs=1).craft(ctx)
-    assert float(bounded.norm()) <= 1.0 + 1e-4 and info_b["unboosted_norm"] <= 1.0 / 15 + 1e-6
+    ctx = AttackContext(model, w, data, round=1, seed=0, n_malicious=2, malicious_ids=(4, 9),
+                        malicious_weights=torch.full((2,), 100.0, dtype=torch.float64), weight_sum=3000.0,
+                        server_lr=1.0)
+    res = UnconstrainedAttack(epochs=1).craft(ctx)
+    assert res.info["boost"] == pytest.approx(15.0)  # 3000 / (1 * 2 * 100): two attackers split the replacement
+    assert res.updates.shape == (2, w.numel()) and torch.equal(res.updates[0], res.updates[1])  # one per attacker
+    assert float(res.updates[0].norm()) == pytest.approx(15.0 * res.info["unboosted_norm"], rel=1e-4)
+    attack = NormBoundedAttack(norm_bound=1.0, epochs=1)
+    bounded = attack.craft(ctx)
+    assert float(bounded.updates.norm(dim=1).max()) <= 1.0 + 1e-4 and bounded.info["unboosted_norm"] <= 1.0 / 15 + 1e-6
+    assert attack.constraint_violations(ctx, bounded) == []
+    assert attack.constraint_violations(ctx, res) != []  # the unconstrained update is far longer than 1

@@ -10,7 +10,9 @@ from torch import nn
 
 from backdoor_arena.data import load_dataset
 from backdoor_arena.errors import ConfigError, IncompatibleError
+from backdoor_arena.federated import engines
 from backdoor_arena.federated.engines import (
+    EngineChooser,
     LocalTraining,
     SequentialEngine,
     VectorisedEngine,
@@ -86,6 +88,19 @@ def test_choose_engine_measures_and_returns_a_registered_engine(fed):
     assert name in ("sequential", "vectorised")
     faster = min(("sequential", "vectorised"), key=lambda n: timing[f"{n}_epoch_s"])
     assert name == faster and all(v > 0 for v in timing.values())
+
+
+def test_engine_choices_are_memoised_by_the_chooser_that_owns_them(fed, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engines, "choose_engine", lambda *a, **k: calls.append(1) or ("vectorised", {"x": 1.0}))
+    model, _ = create_model("badnet-mnist", fed.dataset.info, seed=0)
+    idx, cfg = list(fed.indices[:3]), LocalTraining(1, 20, 0.1)
+    chooser, other = EngineChooser(), EngineChooser()
+    assert chooser.choose(model, fed.dataset.images, fed.dataset.labels, idx, cfg)[0] == "vectorised"
+    chooser.choose(model, fed.dataset.images, fed.dataset.labels, idx, cfg)
+    assert len(calls) == 1 and len(chooser.choices) == 1
+    other.choose(model, fed.dataset.images, fed.dataset.labels, idx, cfg)  # a new owner measures again
+    assert len(calls) == 2
 
 
 def test_engine_names_and_local_training_validation():

@@ -9,19 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from backdoor_arena.attacks.pruning_aware import PruningAwareAttack, restore_dormant
+from backdoor_arena.attacks import MODEL_ATTACKS, PruningAwareAttack, make_attack
+from backdoor_arena.attacks.pruning_aware import restore_dormant
 from backdoor_arena.defenses import clean_holdout
-from backdoor_arena.defenses.dp import DPSGD
+from backdoor_arena.defenses.dp import DPSGD, check_dp_params, private_fit
 from backdoor_arena.defenses.finetuning import FinePruning, FineTuning
-from backdoor_arena.defenses.pruning import (
-    Pruning,
+from backdoor_arena.defenses.pruning import Pruning
+from backdoor_arena.errors import ConfigError, IncompatibleError
+from backdoor_arena.nn_tools import (
     freeze_channels,
+    frozen_channels,
     mean_channel_activations,
     prune_by_activation,
     prune_site,
     zero_channels,
 )
-from backdoor_arena.errors import ConfigError, IncompatibleError
 from backdoor_arena.train import TrainConfig, create_model, fit
 from tests.helpers import TINY_INFO, TINY_RGB_INFO, run_cli, tiny_dataset
 
@@ -106,6 +108,18 @@ def test_frozen_channels_stay_zero_while_training():
     assert all(p[3:].abs().sum() > 0 for p in site.parameters())
 
 
+def test_frozen_channels_removes_its_hooks_also_when_training_fails():
+    model, ds = trained()
+    site = prune_site(model)
+    zero_channels(site, [0, 1])
+    with pytest.raises(RuntimeError, match="evaluator failed"), frozen_channels(site, [0, 1]):
+        assert all(p._backward_hooks for p in site.parameters())
+        fit(model, ds, TrainConfig(epochs=1, batch_size=16, progress=False),
+            evaluate=lambda _m: (_ for _ in ()).throw(RuntimeError("evaluator failed")))
+    assert not any(p._backward_hooks for p in site.parameters())
+    assert all(p[[0, 1]].abs().sum() == 0 for p in site.parameters())  # held at zero until the failure
+
+
 def test_fine_pruning_holds_pruned_channels_and_records_both_stages():
     model, ds = trained()
     monitor_calls = []
@@ -131,6 +145,10 @@ def test_restored_channels_are_dormant_on_clean_data():
     assert pre[:, [1, 4, 9]].max() <= -0.1 + 1e-4  # the margin below zero
 
 
+def _badnets(**kw):
+    return make_attack("badnets", num_classes=3, channels=3, image_size=16, **{"target": 1, **kw})
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: Pruning(max_accuracy_drop=1.5), "max_accuracy_drop"),
     (lambda: Pruning(step=0), "step"),
@@ -141,8 +159,10 @@ def test_restored_channels_are_dormant_on_clean_data():
     (lambda: DPSGD(noise=0), "dp_noise"),
     (lambda: DPSGD(clip=-1.0), "dp_clip"),
     (lambda: DPSGD(delta=2), "dp_delta"),
-    (lambda: TrainConfig(dp_clip=1.0), "both"),
-    (lambda: PruningAwareAttack(None, max_accuracy_drop=2), "max_accuracy_drop"),
+    (lambda: private_fit(None, None, TrainConfig(), clip=1.0, noise=None, delta=1e-5), "both"),
+    (lambda: private_fit(None, None, TrainConfig(), clip=1.0, noise=1.0, delta=0), "dp_delta"),
+    (lambda: PruningAwareAttack(_badnets(), prune_accuracy_drop=2), "prune_accuracy_drop"),
+    (lambda: PruningAwareAttack(None), "data-poisoning attack"),
 ])
 def test_bad_parameters_raise_config_errors(make, message):
     with pytest.raises(ConfigError, match=message):
@@ -189,13 +209,61 @@ def test_dp_sgd_records_epsilon_is_deterministic_and_leaves_a_plain_model():
     assert more_noise.epsilon < a.epsilon
 
 
+def test_private_fit_reproduces_the_run_recorded_before_dp_left_the_training_loop():
+    """Recorded with DP-SGD inside train.fit (TrainConfig.dp_*), before the refactor that moved it to
+    defenses/dp.py on the loop's adapter: same seed, same numbers (bit-identical on the recording machine;
+    the tolerance only absorbs thread-count rounding, ~1e-8 relative)."""
+    ds = tiny_dataset(128, info=TINY_INFO)
+    model, _ = create_model("emnist-cnn", TINY_INFO, 1)
+    seen = []
+    history = private_fit(model, ds, TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=1, progress=False),
+                          clip=1.0, noise=1.0, delta=1e-5, evaluate=lambda m: seen.append(m) or {"x": 1.0})
+    flat = torch.cat([v.double().flatten() for v in model.state_dict().values()])
+    assert float(flat.sum()) == pytest.approx(9.1074984648047, rel=1e-6)
+    assert float((flat ** 2).sum()) == pytest.approx(88.22639957556248, rel=1e-6)
+    assert [e["train_loss"] for e in history.epochs] == pytest.approx([1.358725219964981, 1.439812104217708],
+                                                                       rel=1e-6)
+    assert [e["train_accuracy"] for e in history.epochs] == [0.328125, 0.3359375]
+    assert [e["epsilon"] for e in history.epochs] == pytest.approx([4.870641742929558, 6.253144612851234],
+                                                                    rel=1e-12)
+    assert [list(e) for e in history.epochs] == [["epoch", "train_loss", "train_accuracy", "epoch_time_s",
+                                                   "epsilon", "x"]] * 2  # the record's order, as before
+    assert {k: v for k, v in history.privacy.items() if k != "epsilon"} == {
+        "mechanism": "dp-sgd", "library": "opacus", "accountant": "rdp", "sampling": "poisson", "clip": 1.0,
+        "noise_multiplier": 1.0, "delta": 1e-05, "sample_rate": 0.25, "steps": 8}
+    assert history.privacy["epsilon"] == pytest.approx(6.253144612851234, rel=1e-12)
+    assert seen == [model, model]  # the evaluator sees the caller's model, not Opacus' wrapper
+    assert not model.training and not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_the_training_loop_imports_no_defense():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    source = Path(importlib.import_module("backdoor_arena.train").__file__).read_text()
+    tree = ast.parse(source)
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not [m for m in imported if "defenses" in m or "attacks" in m]
+    assert "set_threads" not in source and "set_num_threads" not in source  # no process-wide state
+    assert not any(f.startswith("dp_") for f in TrainConfig.__dataclass_fields__)
+
+
+def test_check_dp_params_lists_every_problem():
+    assert check_dp_params(None, None, 1e-5) == []
+    problems = check_dp_params(-1.0, 0.0, 2.0)
+    assert len(problems) == 3 and "dp_clip" in problems[0] and "dp_noise" in problems[1] and "dp_delta" in problems[2]
+    assert "both" in check_dp_params(None, 1.0, 1e-5)[0]
+
+
 def test_dp_sgd_clips_each_example():
     """With no noise to speak of and lr 1, one step moves the weights by at most clip (averaged)."""
     ds = tiny_dataset(64, info=TINY_INFO)
     model, _ = create_model("emnist-cnn", TINY_INFO, 0)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    fit(model, ds, TrainConfig(epochs=1, batch_size=64, lr=1.0, momentum=0.0, schedule="constant", progress=False,
-                               dp_clip=0.01, dp_noise=1e-6))
+    private_fit(model, ds, TrainConfig(epochs=1, batch_size=64, lr=1.0, momentum=0.0, schedule="constant",
+                                       progress=False), clip=0.01, noise=1e-6, delta=1e-5)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     # batch = dataset (sample rate 1): 64 examples, each clipped to 0.01, averaged over 64: |step| <= 0.01
     assert 0 < (after - before).norm() <= 0.0101
@@ -204,8 +272,22 @@ def test_dp_sgd_clips_each_example():
 def test_dp_sgd_refuses_batchnorm_models():
     model, _ = create_model("gtsrb-cnn", TINY_RGB_INFO, 0)
     with pytest.raises(IncompatibleError, match="BatchNorm"):
-        fit(model, tiny_dataset(16, info=TINY_RGB_INFO),
-            TrainConfig(epochs=1, progress=False, dp_clip=1.0, dp_noise=1.0))
+        private_fit(model, tiny_dataset(16, info=TINY_RGB_INFO), TrainConfig(epochs=1, progress=False),
+                    clip=1.0, noise=1.0, delta=1e-5)
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_pruning_aware_attack_is_a_registered_model_attack_with_a_spec_round_trip():
+    assert MODEL_ATTACKS.get("pruning-aware") is PruningAwareAttack
+    attack = PruningAwareAttack(_badnets(), 0.02, TrainConfig(epochs=2, progress=False), clean_samples=500,
+                                margin=0.3)
+    spec = attack.to_spec()
+    assert spec["model_attack"] == {"name": "pruning-aware", "max_accuracy_drop": 0.02, "clean_samples": 500,
+                                    "margin": 0.3, "retrain": TrainConfig(epochs=2).to_dict()}
+    again = PruningAwareAttack.from_spec(spec)
+    assert again.to_spec() == spec and again.poisoning == attack.poisoning
+    with pytest.raises(ConfigError, match="model_attack"):
+        PruningAwareAttack.from_spec(_badnets().to_spec())
 
 
 

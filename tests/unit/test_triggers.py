@@ -91,15 +91,79 @@ def test_bad_trigger_arguments(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         make_trigger(f"image:{tmp_path / 'none.png'}", 1, 28)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="is not a PNG, JPEG"):
         make_trigger(f"image:{tmp_path / 'bad.png'}", 1, 28)
-    with pytest.raises(IncompatibleError, match="does not fit"):
-        make_trigger("square", 1, 28, size=10, position=(25, 25)).apply(torch.zeros(1, 1, 28, 28))
+    with pytest.raises(ConfigError, match="does not fit the 28x28 images"):
+        make_trigger("square", 1, 28, size=10, position=(25, 25))
+    with pytest.raises(IncompatibleError, match="does not fit"):  # built for 28x28, applied to 8x8
+        make_trigger("square", 1, 28, size=10, position=(5, 5)).apply(torch.zeros(1, 1, 8, 8))
     with pytest.raises(IncompatibleError, match="float image batches"):
         make_trigger("pixel", 1, 28).apply(torch.zeros(1, 28, 28))
-    with pytest.raises(ConfigError, match="malformed"):
+    with pytest.raises(ConfigError, match="patch: a required key is missing"):
         trigger_from_dict({"kind": "square"})
 
 
 def test_registry_lists_kinds():
     assert set(TRIGGERS.names()) == {"pixel", "square", "pattern", "image", "blend"}
+
+
+def test_a_new_trigger_kind_plugs_in_by_registration_alone():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from backdoor_arena.attacks import attack_from_spec, make_attack
+
+    @dataclass(frozen=True)
+    class Stripe:
+        """A toy kind: one bright row."""
+
+        row: int
+        kind: ClassVar[str] = "stripe"
+
+        def apply(self, x):
+            out = x.clone()
+            out[:, :, self.row] = 1.0
+            return out
+
+        def to_dict(self):
+            return {"kind": self.kind, "row": self.row}
+
+        @classmethod
+        def from_dict(cls, data):
+            return cls(int(data["row"]))
+
+        @classmethod
+        def build(cls, channels, *, row=0, image_size=0):
+            return cls(row)
+
+    with TRIGGERS.temporarily("stripe", Stripe):
+        assert make_trigger("stripe", 1, 12, row=3) == Stripe(3)
+        with pytest.raises(ConfigError, match="does not take"):
+            make_trigger("stripe", 1, 12, size=3)
+        atk = make_attack("badnets", num_classes=4, channels=1, image_size=12, trigger="stripe",
+                          trigger_options={"row": 5})
+        assert attack_from_spec(atk.to_spec()) == atk and trigger_from_dict({"kind": "stripe", "row": 2}) == Stripe(2)
+    with pytest.raises(ConfigError, match="unknown trigger kind"):
+        trigger_from_dict({"kind": "stripe", "row": 2})
+
+
+def test_kind_colon_path_shorthand_and_data_uris(tmp_path):
+    from backdoor_arena.triggers import EXAMPLE_IMAGE, BlendTrigger, ImageTrigger
+
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(tmp_path / "g.png")
+    blended = make_trigger(f"blend:{tmp_path / 'g.png'}", 3, 16, alpha=0.5)
+    assert isinstance(blended, BlendTrigger) and blended == make_trigger("blend", 3, 16, alpha=0.5,
+                                                                         path=str(tmp_path / "g.png"))
+    out = blended.apply(torch.zeros(1, 3, 16, 16))
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.0, 0.5, 0.0]))
+    with pytest.raises(ConfigError, match="takes no path"):
+        make_trigger(f"square:{tmp_path / 'g.png'}", 3, 16)
+    inline = make_trigger("image", 3, 16, path=EXAMPLE_IMAGE, position="top-left", margin=0)
+    assert isinstance(inline, ImageTrigger)
+    x = inline.apply(torch.zeros(1, 3, 16, 16))
+    assert torch.allclose(x[0, :, 1, 1], torch.tensor([10, 200, 10]) / 255, atol=1e-6)  # the green centre
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([200, 10, 10]) / 255, atol=1e-6)
+    with pytest.raises(ConfigError, match="base64"):
+        make_trigger("image", 3, 16, path="data:image/png;base64,%%%")
+    with pytest.raises(ConfigError, match="margin"):
+        make_trigger("square", 3, 16, margin=-2)

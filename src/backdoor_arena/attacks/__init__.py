@@ -1,6 +1,29 @@
-"""Attacks. Data poisoners share one contract: `poison(dataset, generator) -> Poisoned`,
-`apply_trigger(x)`, and a JSON attack spec that the evaluator sees and defenders never do."""
+"""Attacks, two kinds (poisoning.py, model_attack.py):
 
-from .poisoning import ATTACKS, Poisoned, PoisoningAttack, attack_from_spec, load_attack_spec, make_attack
+  data poisoning   poison(dataset, generator) -> Poisoned, apply_trigger(x), to_spec()     ATTACKS
+  model-level      trainer(architecture, train_set, config, clean_model) -> train_fn      MODEL_ATTACKS
 
-__all__ = ["ATTACKS", "Poisoned", "PoisoningAttack", "attack_from_spec", "load_attack_spec", "make_attack"]
+Every attack writes a JSON attack spec that the evaluator sees and defenders never do;
+`attack_from_spec` / `load_attack_spec` rebuild the poisoning from it through the registry, validating it
+with the pydantic schemas each class declares (`spec_schema`; schemas.py): one error line per bad spec.
+"""
+
+from .model_attack import MODEL_ATTACKS, ModelAttack, TrainFn
+from .poisoning import (
+    ATTACKS,
+    DATASET_PARAMS,
+    SPEC_VERSION,
+    BadNets,
+    Blended,
+    Poisoned,
+    PoisoningAttack,
+    attack_from_spec,
+    load_attack_spec,
+    make_attack,
+)
+from .pruning_aware import PruningAwareAttack
+
+__all__ = [
+    "ATTACKS", "DATASET_PARAMS", "MODEL_ATTACKS", "SPEC_VERSION", "BadNets", "Blended", "ModelAttack", "Poisoned",
+    "PoisoningAttack", "PruningAwareAttack", "TrainFn", "attack_from_spec", "load_attack_spec", "make_attack",
+]

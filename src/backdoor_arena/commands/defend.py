@@ -1,15 +1,18 @@
-"""`defend pruning|fine-tuning|fine-pruning` and `defend compare`: thin layers over
-`experiments.removal.defend()` and `experiments.removal.compare_defenses()`."""
+"""`defend <mitigation>` (one sub-command per registered mitigation, options generated from its constructor) and
+`defend compare`: thin layers over `api.defend()` and `api.compare_defenses()`."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .options import DataRoot, Json, Quiet, pct
+from .. import api, registries
+from .generate import first_line, given_plugin_params, make_command, option_parameters
+from .options import DataRoot, Force, Json, Overwrite, Quiet, parse_params, pct
 
 ModelFile = Annotated[Path, typer.Argument(help="The model file to repair (.safetensors).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="The repaired model file (.safetensors); the curve is "
@@ -18,76 +21,60 @@ CleanFraction = Annotated[float, typer.Option(
     help="The defender's clean set: this fraction of the training split (never the test split).")]
 AttackSpec = Annotated[Path | None, typer.Option(
     help="Attack spec (F.attack.json): read by the evaluator only, to report ASR; the defense never sees it.")]
-Seed = Annotated[int, typer.Option(help="Seed (clean hold-out draw, fine-tuning order).")]
+Seed = Annotated[int, typer.Option(help="Seed (clean hold-out draw, the defense's own randomness).")]
+Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter key=value (repeatable; "
+                                                 "JSON values), for parameters without their own option.")]
 MaxDrop = Annotated[float, typer.Option(
     help="Pruning stops before clean accuracy on the clean set drops by more than this fraction (0.04 = 4 points).")]
 Epochs = Annotated[int, typer.Option(help="Fine-tuning epochs over the clean set.")]
 Lr = Annotated[float, typer.Option(help="Fine-tuning learning rate (constant, SGD with momentum 0.9).")]
+SHARED = ("seed", "progress")  # given by the command's own options
 
 
-def _run(defense: str, model_file: Path, out: Path, clean_fraction: float, attack_spec: Path | None, seed: int,
-         params: dict[str, Any], data_root: Path | None, quiet: bool, json_out: bool) -> None:
-    from ..experiments.removal import defend
+def _common_options() -> list[inspect.Parameter]:
+    def options(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
+                attack_spec: AttackSpec = None, seed: Seed = 0, param: Param = None, data_root: DataRoot = None,
+                quiet: Quiet = False, json_out: Json = False, overwrite: Overwrite = False,
+                force: Force = False) -> None: ...
 
-    r = defend(defense, model_file, out, clean_fraction=clean_fraction, attack_spec=attack_spec, seed=seed,
-               params=params, data_root=data_root, progress=not quiet)
+    return list(inspect.signature(options, eval_str=True).parameters.values())
+
+
+def _print(r: api.DefenseResult, json_out: bool) -> None:
     if json_out:
-        typer.echo(json.dumps(r, sort_keys=True))
+        typer.echo(json.dumps(r.to_dict(), sort_keys=True))
         return
-    wrote = r["out"] + (f" and {r['curve_png']}" if r["curve_png"] else "")
-    typer.echo(f"wrote {wrote} ({defense}, {r['clean_samples']} clean samples, {r['wall_time_s']:.1f} s)")
-    if r["fraction_pruned"] is not None:
-        typer.echo(f"pruned {100 * r['fraction_pruned']:.1f}% of the last conv layer's channels")
-    for when in ("before", "after"):
-        m = r[when]
+    wrote = str(r.out) + (f" and {r.curve_png}" if r.curve_png else "")
+    typer.echo(f"wrote {wrote} ({r.defense}, {r.clean_samples} clean samples, {r.wall_time_s:.1f} s)")
+    if r.fraction_pruned is not None:
+        typer.echo(f"pruned {100 * r.fraction_pruned:.1f}% of the last conv layer's channels")
+    for when, m in (("before", r.before), ("after", r.after)):
         line = f"{when:6} clean accuracy {pct(m['clean_accuracy'])}"
         if "attack_success_rate" in m:
             line += f", attack success rate {pct(m['attack_success_rate'])}"
         typer.echo(line)
 
 
+def _mitigation_command(name: str) -> Any:
+    factory = registries.MITIGATIONS.get(name)
+
+    def body(**v: Any) -> None:
+        params = {**parse_params(v["param"]), **given_plugin_params(factory, v, skip=SHARED, prefix="p_")}
+        r = api.defend(name, v["model_file"], v["out"], clean_fraction=v["clean_fraction"],
+                       attack_spec=v["attack_spec"], seed=v["seed"], params=params, data_root=v["data_root"],
+                       progress=not v["quiet"], overwrite=v["overwrite"], force=v["force"])
+        _print(r, v["json_out"])
+
+    return make_command(body, _common_options() + option_parameters(factory, skip=SHARED, prefix="p_"),
+                        f"{first_line(factory)} Only the model and a clean hold-out reach the defense.")
+
+
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(no_args_is_help=True, help="Removal defenses: repair a model file using only a clean set.")
+    group = typer.Typer(no_args_is_help=True, help="Removal defenses: repair a model file using only a clean set "
+                        "(one sub-command per registered mitigation), or compare them all.")
     app.add_typer(group, name="defend")
-
-    @group.command("pruning")
-    def pruning(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05, attack_spec: AttackSpec = None,
-                max_accuracy_drop: MaxDrop = 0.04, seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False,
-                json_out: Json = False) -> None:
-        """Prune the last conv layer's least active channels (Liu et al. 2018)."""
-        _run("pruning", model_file, out, clean_fraction, attack_spec, seed, {"max_accuracy_drop": max_accuracy_drop},
-             data_root, quiet, json_out)
-
-    @group.command("fine-tuning")
-    def fine_tuning(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
-                    attack_spec: AttackSpec = None, epochs: Epochs = 10, lr: Lr = 0.01, seed: Seed = 0,
-                    data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False) -> None:
-        """Fine-tune on the clean set."""
-        _run("fine-tuning", model_file, out, clean_fraction, attack_spec, seed, {"epochs": epochs, "lr": lr},
-             data_root, quiet, json_out)
-
-    @group.command("fine-pruning")
-    def fine_pruning(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
-                     attack_spec: AttackSpec = None, max_accuracy_drop: MaxDrop = 0.04, epochs: Epochs = 10,
-                     lr: Lr = 0.01, seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False,
-                     json_out: Json = False) -> None:
-        """Prune, then fine-tune with the pruned channels held at zero (Liu et al. 2018)."""
-        _run("fine-pruning", model_file, out, clean_fraction, attack_spec, seed,
-             {"max_accuracy_drop": max_accuracy_drop, "epochs": epochs, "lr": lr}, data_root, quiet, json_out)
-
-    @group.command("nc-unlearning")
-    def nc_unlearning(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
-                      attack_spec: AttackSpec = None, epochs: Annotated[int, typer.Option(
-                          help="Unlearning epochs over the clean set.")] = 2,
-                      stamp_fraction: Annotated[float, typer.Option(
-                          help="Fraction of the clean set stamped with the reversed trigger (labels kept).")] = 0.2,
-                      lr: Lr = 0.01, steps: Annotated[int, typer.Option(
-                          help="Neural Cleanse optimisation steps (trigger reverse-engineering).")] = 200,
-                      seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False) -> None:
-        """Reverse-engineer the trigger with Neural Cleanse, then unlearn it (Wang et al. 2019)."""
-        _run("nc-unlearning", model_file, out, clean_fraction, attack_spec, seed,
-             {"epochs": epochs, "stamp_fraction": stamp_fraction, "lr": lr,
-              "detector": {"steps": steps, "batch_size": 16}}, data_root, quiet, json_out)
+    for name in registries.MITIGATIONS.names():
+        group.command(name)(_mitigation_command(name))
 
     @group.command("compare")
     def compare(
@@ -108,16 +95,15 @@ def register(app: typer.Typer) -> None:
         dp_epochs: Annotated[int, typer.Option(help="DP-SGD epochs.")] = 4,
         epochs: Annotated[int, typer.Option(help="Epochs of the MNIST models trained here.")] = 4,
         seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
+        overwrite: Overwrite = False,
     ) -> None:
         """Run every removal defense (and DP-SGD training) on BadNets and pruning-aware models; write a table
         (summary.md), records and figures into --out."""
-        from ..experiments.removal import compare_defenses
-
-        r = compare_defenses(out, gtsrb=gtsrb, mnist_model=mnist_model, mnist_clean_model=mnist_clean_model,
+        r = api.compare_defenses(out, gtsrb=gtsrb, mnist_model=mnist_model, mnist_clean_model=mnist_clean_model,
                              gtsrb_model=gtsrb_model, clean_fraction=clean_fraction,
                              max_accuracy_drop=max_accuracy_drop, tune_epochs=tune_epochs, tune_lr=tune_lr,
                              dp_clip=dp_clip, dp_noise=dp_noise, dp_epochs=dp_epochs, epochs=epochs, seed=seed,
-                             data_root=data_root, progress=not quiet)
+                             data_root=data_root, progress=not quiet, overwrite=overwrite)
         if json_out:
             typer.echo(json.dumps({k: r[k] for k in ("config", "rows", "figures", "wall_time_s")}, sort_keys=True,
                                   default=str))

@@ -11,6 +11,10 @@ import typer
 DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Dataset folder (overrides $BACKDOOR_ARENA_DATA).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Force = Annotated[bool, typer.Option("--force", help="Use an attack spec even if it was made for another model "
+                                     "(its model_sha256 names neither this model nor one it was repaired from).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file (or write into a "
+                                         "non-empty output folder); without it the command refuses, before any work.")]
 
 
 def emit(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -24,3 +28,22 @@ def emit(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
 
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def parse_params(items: list[str] | None, flag: str = "--param") -> dict[str, Any]:
+    """`key=value` pairs; values are read as JSON where they parse (numbers, true/false, null, objects)."""
+    from .. import api
+
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise api.ConfigError(f"{flag} {item!r} must look like key=value, e.g. steps=200")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise api.ConfigError(f"{flag} {item!r} has an empty key; write key=value, e.g. steps=200")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from .cache import RemoteFile, fetch_all
+from .cache import DataFolder, RemoteFile, as_folder
 from .dataset import Dataset, DatasetInfo
 
 INFO = DatasetInfo(
@@ -73,8 +73,8 @@ def read_batches(path: str | Path, members: tuple[str, ...]) -> tuple[np.ndarray
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(split: str, root: Path, *, download: bool = True, writers: bool = False) -> Dataset:
+def load_cifar10(split: str, root: DataFolder | Path, *, download: bool = True, writers: bool = False) -> Dataset:
     archive = RemoteFile(f"cifar10/{ARCHIVE}", URLS, MD5[ARCHIVE])
-    (path,) = fetch_all(root, [archive], dataset="cifar10", download=download)
+    (path,) = as_folder(root).fetch_all([archive], dataset="cifar10", download=download)
     images, labels = read_batches(path, _MEMBERS[split])
     return Dataset(INFO, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from .cache import RemoteFile, atomic_write, fetch_all, resolve_root
+from .cache import DataFolder, RemoteFile, as_folder, atomic_write
 from .dataset import Dataset, DatasetInfo
 
 CLASS_NAMES = (
@@ -177,18 +177,18 @@ def read_npz(path: Path, split: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_gtsrb(split: str, root: Path, *, download: bool = True, writers: bool = False) -> Dataset:
+def load_gtsrb(split: str, root: DataFolder | Path, *, download: bool = True, writers: bool = False) -> Dataset:
     """GTSRB; for the training split `groups` holds a physical-sign id (class * 1000 + track)."""
-    root = resolve_root(root)
-    npz = root / "gtsrb" / NPZ
+    folder = as_folder(root)
+    npz = folder.root / "gtsrb" / NPZ
     if not npz.is_file():
         archives = [
             RemoteFile(f"gtsrb/{name}", (BASE_URL + name,), MD5[name]) for name in (TRAIN_ZIP, TEST_ZIP, GT_ZIP)
         ]
-        if download and not all((root / a.relpath).is_file() for a in archives):
+        if download and not all((folder.root / a.relpath).is_file() for a in archives):
             _pillow()  # fail before a 300 MB download that could not be used
         hint = f"Alternatively put the ready cache {NPZ} in {npz.parent}; it is built from these archives."
-        paths = fetch_all(root, archives, dataset="gtsrb", download=download, hint=hint)
+        paths = folder.fetch_all(archives, dataset="gtsrb", download=download, hint=hint)
         build_npz(*paths, npz)
 
     arrays = read_npz(npz, split)

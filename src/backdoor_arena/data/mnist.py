@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from .cache import RemoteFile, fetch_all
+from .cache import DataFolder, RemoteFile, as_folder
 from .dataset import Dataset, DatasetInfo
 
 # mean/std: per-channel statistics of the training split (models normalise with them internally).
@@ -33,7 +33,8 @@ MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lec
 FASHION_URLS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 QMNIST_URLS = ("https://raw.githubusercontent.com/facebookresearch/qmnist/master/",)
 
-# folder -> file name -> md5. Module-level so tests can swap in the digests of generated files.
+# folder -> file name -> md5, and folder -> mirrors (base URLs). Constant tables; tests swap entries
+# in with monkeypatch (digests of generated files, a local server).
 MD5: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -52,7 +53,7 @@ MD5: dict[str, dict[str, str]] = {
         "qmnist-test-labels-idx2-int.gz": "5b5b05890a5e13444e108efe57b788aa",
     },
 }
-_URLS = {"mnist": MNIST_URLS, "fashion-mnist": FASHION_URLS, "qmnist": QMNIST_URLS}
+URLS: dict[str, tuple[str, ...]] = {"mnist": MNIST_URLS, "fashion-mnist": FASHION_URLS, "qmnist": QMNIST_URLS}
 _PREFIX = {"train": "train", "test": "t10k"}
 _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x0C: np.dtype(">i4")}
 
@@ -91,17 +92,17 @@ def read_idx(path: str | Path, *, dtype_code: int, ndim: int) -> np.ndarray:
 
 
 def _remote(folder: str, name: str) -> RemoteFile:
-    return RemoteFile(f"{folder}/{name}", tuple(u + name for u in _URLS[folder]), MD5[folder][name])
+    return RemoteFile(f"{folder}/{name}", tuple(u + name for u in URLS[folder]), MD5[folder][name])
 
 
-def _load_idx_pair(info: DatasetInfo, split: str, root: Path, download: bool, writers: bool) -> Dataset:
+def _load_idx_pair(info: DatasetInfo, split: str, root: DataFolder | Path, download: bool, writers: bool) -> Dataset:
     folder = info.name
     names = [f"{p}-{kind}" for p in ("train", "t10k") for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz")]
     files = [_remote(folder, n) for n in names]
     if writers:
         files += [_remote("qmnist", f"qmnist-{s}-labels-idx2-int.gz") for s in ("train", "test")]
     # Fetch both splits at once: a dataset is downloaded (or reported missing) as a whole.
-    fetched = fetch_all(root, files, dataset=folder, download=download)
+    fetched = as_folder(root).fetch_all(files, dataset=folder, download=download)
     paths = dict(zip((f.relpath for f in files), fetched, strict=True))
 
     prefix = _PREFIX[split]
@@ -142,10 +143,10 @@ def _writer_ids(qpath: Path, labels: torch.Tensor) -> torch.Tensor:
     return rows[:, 2].contiguous()
 
 
-def load_mnist(split: str, root: Path, *, download: bool = True, writers: bool = False) -> Dataset:
+def load_mnist(split: str, root: DataFolder | Path, *, download: bool = True, writers: bool = False) -> Dataset:
     """MNIST; with `writers`, `groups` holds the NIST writer id of each image (from QMNIST)."""
     return _load_idx_pair(MNIST_INFO, split, root, download, writers)
 
 
-def load_fashion_mnist(split: str, root: Path, *, download: bool = True, writers: bool = False) -> Dataset:
+def load_fashion_mnist(split: str, root: DataFolder | Path, *, download: bool = True, writers: bool = False) -> Dataset:
     return _load_idx_pair(FASHION_INFO, split, root, download, False)

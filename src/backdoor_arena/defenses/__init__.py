@@ -2,7 +2,11 @@
 
 Five kinds (DESIGN.md), one registry each; every registered defense is enrolled in the conformance
 suite (tests/conformance), which checks that it never mutates the caller's model, is deterministic
-for a seed, rejects bad parameters with ConfigError, and leaves no hooks behind.
+for a seed, rejects bad parameters with ConfigError, and leaves no hooks behind. Each registered class
+declares, as class attributes, `example_params` (small, fast constructor parameters), `bad_params`
+(known-bad parameter sets, each with a substring of the ConfigError it raises) and `param_help` (one
+sentence per constructor parameter: the CLI's --help); the suite reads them, with no table of its own.
+Model surgery and inspection helpers live in `backdoor_arena.nn_tools`, below attacks and defenses.
 
   mitigation       repair(model, clean) -> Repaired(model, curve, info)          MITIGATIONS
   model detector   inspect(model, clean) -> ModelVerdict(score, flagged, ...)     MODEL_DETECTORS

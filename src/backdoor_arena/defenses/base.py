@@ -1,11 +1,9 @@
-"""What every defense needs: result types, the defender's clean set, copies, and activation hooks
-that are always removed and always restore the model's training mode."""
+"""What every defense needs: result types, the defender's clean set and its check. The model helpers
+(copies, activation hooks that are always removed, prune sites...) live in `backdoor_arena.nn_tools`,
+below both attacks and defenses; the common ones are re-exported here."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +12,14 @@ from torch import nn
 
 from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError, IncompatibleError
+from ..nn_tools import Probe, capture_activations, last_conv, model_copy
 
 # The evaluator's view along a defense's curve (test accuracy, ASR): opaque to the defense, which only
 # calls it and records what it returns.
-Monitor = Callable[[nn.Module], dict[str, float]]
+Monitor = Probe
+
+__all__ = ["ModelVerdict", "Monitor", "Repaired", "capture_activations", "check_clean_set", "clean_holdout",
+           "last_conv", "model_copy"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,33 +85,3 @@ def check_clean_set(model: nn.Module, data: Dataset | torch.Tensor, who: str) ->
         raise IncompatibleError(f"{who}: the model has {out.shape[-1]} outputs but the clean set has "
                                 f"{data.num_classes} classes; use a clean set from the model's dataset")
     return x
-
-
-def model_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode, so that a defense can change weights without touching the caller's model."""
-    return copy.deepcopy(model).eval()
-
-
-def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The last convolutional layer (name, module), where Fine-Pruning and Grad-CAM look."""
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise IncompatibleError(
-            f"the model ({type(model).__name__}) has no convolutional layer; this defense needs one"
-        )
-    return convs[-1]
-
-
-@contextlib.contextmanager
-def capture_activations(model: nn.Module, layer: nn.Module, *, train_mode: bool = False) -> Iterator[list]:
-    """Record `layer`'s outputs while the block runs; the hook is removed and the model's mode restored
-    afterwards, also when the block raises. Yields the list the outputs are appended to."""
-    outputs: list[torch.Tensor] = []
-    was_training = model.training
-    handle = layer.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-    model.train(train_mode)
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-        model.train(was_training)

@@ -11,22 +11,26 @@ BatchNorm breaks this, so DP-SGD applies to the BN-free architectures (badnet-mn
 Replacing BN by GroupNorm (Opacus' ModuleValidator.fix) would change the architecture and so the
 model file format; we refuse such models with a one-line error instead.
 
-`PrivateTraining` is what `train.fit` uses when a TrainConfig has `dp_clip` set; `DPSGD` is the
-registered robust trainer: `DPSGD(...).fit(dataset) -> PrivatelyTrained(model, epsilon, delta, ...)`.
+`private_fit(model, train_set, config, clip=, noise=, delta=)` trains in place with DP-SGD: it runs
+the ordinary training loop (`train.fit`) with `PrivateTraining` as its `TrainAdapter`; the loop itself
+knows nothing of privacy. `DPSGD` is the registered robust trainer:
+`DPSGD(...).fit(dataset) -> PrivatelyTrained(model, epsilon, delta, ...)`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError, IncompatibleError
+from ..train import TrainConfig, TrainHistory, create_model, fit
 from . import ROBUST_TRAINERS
 
 
@@ -66,55 +70,90 @@ def check_private_model(model: nn.Module) -> None:
 
 
 class PrivateTraining:
-    """Wraps a model and optimizer for DP-SGD for the duration of one `fit`; `close()` removes every
-    Opacus hook and attribute, leaving a plain model. Poisson sampling draws from the caller's generator."""
+    """The `TrainAdapter` of DP-SGD, for one `fit`: `prepare` wraps the model (per-example gradients) and
+    the optimizer (clipping and noise), `indices` Poisson-samples each batch and accounts for the step,
+    `close` removes every Opacus hook and attribute, leaving a plain model. Poisson sampling draws from
+    the training loop's generator; the noise from its own generator, seeded from the training seed, so
+    that the same seed gives the same noise and the batch order is not disturbed."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, clip: float, noise: float,
-                 delta: float, batch_size: int, n: int, seed: int) -> None:
+    def __init__(self, *, clip: float, noise: float, delta: float) -> None:
+        self.clip, self.noise, self.delta = clip, noise, delta
+        self.n, self.sample_rate = 0, 0.0
+        self.module: nn.Module | None = None
+        self.accountant: Any = None
+        self._warnings: Any = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, n: int,
+                config: TrainConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
         from opacus import GradSampleModule
         from opacus.accountants import RDPAccountant
         from opacus.optimizers import DPOptimizer
 
         check_private_model(model)
-        self.clip, self.noise, self.delta, self.n = clip, noise, delta, n
-        self.sample_rate = min(1.0, batch_size / n)
-        self.module = GradSampleModule(model, loss_reduction="mean")
-        # the noise has its own generator: same seed, same noise, and the batch order is not disturbed
-        self.optimizer = DPOptimizer(optimizer, noise_multiplier=noise, max_grad_norm=clip,
-                                     expected_batch_size=batch_size, loss_reduction="mean",
-                                     generator=torch.Generator().manual_seed(seed + 7919))
-        self.accountant = RDPAccountant()
+        self.n = n
+        self.sample_rate = min(1.0, config.batch_size / n)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         # Opacus' full backward hooks warn when the input needs no gradient (always, for images)
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        self.module = GradSampleModule(model, loss_reduction="mean")
+        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise, max_grad_norm=self.clip,
+                                   expected_batch_size=config.batch_size, loss_reduction="mean",
+                                   generator=torch.Generator().manual_seed(config.seed + 7919))
+        self.accountant = RDPAccountant()
+        return self.module, dp_optimizer
 
-    def sample(self, generator: torch.Generator) -> torch.Tensor:
-        """One Poisson-sampled batch (possibly empty) of row indices."""
-        return torch.nonzero(torch.rand(self.n, generator=generator) < self.sample_rate).flatten()
-
-    def step(self) -> None:
-        """Account for one noisy step (also for an empty batch, which is still a step of the mechanism)."""
+    def indices(self, order: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+        """One Poisson-sampled batch (possibly empty) of row indices, accounted as one noisy step (an empty
+        batch is still a step of the mechanism). The epoch's permutation is not used."""
+        idx = torch.nonzero(torch.rand(self.n, generator=generator) < self.sample_rate).flatten()
         self.accountant.step(noise_multiplier=self.noise, sample_rate=self.sample_rate)
+        return idx
 
     def epsilon(self) -> float:
-        return float(self.accountant.get_epsilon(self.delta)) if self.accountant.history else 0.0
+        return float(self.accountant.get_epsilon(self.delta)) if self.accountant and self.accountant.history else 0.0
+
+    def epoch_record(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon()}
 
     def record(self) -> dict[str, Any]:
+        steps = sum(h[2] for h in self.accountant.history) if self.accountant else 0
         return {"mechanism": "dp-sgd", "library": "opacus", "accountant": "rdp", "sampling": "poisson",
                 "clip": self.clip, "noise_multiplier": self.noise, "delta": self.delta,
-                "sample_rate": self.sample_rate, "steps": sum(h[2] for h in self.accountant.history),
-                "epsilon": self.epsilon()}
+                "sample_rate": self.sample_rate, "steps": steps, "epsilon": self.epsilon()}
 
     def close(self) -> None:
+        """Safe to call after a `prepare` that failed half-way, and more than once."""
         try:
+            if self.module is None:
+                return
             model = self.module.to_standard_module()  # removes hooks and grad_sample attributes
             for p in model.parameters():  # the DP optimizer's own per-parameter scratch
                 for attr in ("summed_grad", "grad_sample", "_forward_counter"):
                     if hasattr(p, attr):
                         delattr(p, attr)
         finally:
-            self._warnings.__exit__(None, None, None)
+            self.module = None
+            if self._warnings is not None:
+                self._warnings.__exit__(None, None, None)
+                self._warnings = None
+
+
+def private_fit(model: nn.Module, train_set: Dataset, config: TrainConfig, *, clip: float, noise: float,
+                delta: float, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                description: str = "dp-sgd") -> TrainHistory:
+    """Train `model` in place with DP-SGD (per-example clipping to `clip`, noise multiplier `noise`, Poisson
+    sampling at rate batch/n); `config` as for `train.fit` (its seed also seeds the noise). The history's
+    epochs carry the running "epsilon" at `delta`; `history.privacy` the accountant's record for the run."""
+    problems = check_dp_params(clip, noise, delta)
+    if clip is None or noise is None:
+        problems = problems or ["DP-SGD needs both dp_clip (--dp-clip) and dp_noise (--dp-noise)"]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    adapter = PrivateTraining(clip=clip, noise=noise, delta=delta)
+    history = fit(model, train_set, config, evaluate=evaluate, description=description, adapter=adapter)
+    history.privacy = adapter.record()
+    return history
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,27 +171,44 @@ class PrivatelyTrained:
 class DPSGD:
     """Train a fresh model on a (possibly poisoned) dataset with DP-SGD; the certificate is (epsilon, delta)."""
 
+    example_params: ClassVar[dict[str, Any]] = {"architecture": "emnist-cnn", "epochs": 1, "batch_size": 32}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"noise": -1.0}, "noise"), ({"clip": 0}, "clip"), ({"delta": 2}, "delta"), ({"epochs": 0}, "epochs"),
+        ({"architecture": "resnet-9000"}, "unknown model"))
+    param_help: ClassVar[dict[str, str]] = {
+        "architecture": "The architecture to train (BatchNorm-free: badnet-mnist, emnist-cnn).",
+        "clip": "Per-example gradient norm bound C.",
+        "noise": "Noise multiplier: Gaussian noise of std noise x clip is added to each summed gradient.",
+        "delta": "The delta at which epsilon is reported, in (0, 1).",
+        "epochs": "Training epochs (an epoch is n / batch_size Poisson-sampled steps).",
+        "batch_size": "Expected batch size (sample rate = batch_size / n).",
+        "lr": "Learning rate (cosine schedule).",
+        "momentum": "SGD momentum, in [0, 1).",
+        "seed": "Seed of the initialisation, the sampling and the noise.",
+        "progress": "Show a progress bar.",
+    }
+
     def __init__(self, architecture: str = "badnet-mnist", *, clip: float = 1.0, noise: float = 1.0,
                  delta: float = 1e-5, epochs: int = 2, batch_size: int = 128, lr: float = 0.1,
                  momentum: float = 0.9, seed: int = 0, progress: bool = False) -> None:
         from ..models import MODELS
-        from ..train import TrainConfig
 
         MODELS.get(architecture)
         problems = check_dp_params(clip, noise, delta)
         if problems:
             raise ConfigError("; ".join(problems))
         self.architecture = architecture
+        self.clip, self.noise, self.delta = clip, noise, delta
         self.config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, seed=seed,
-                                  progress=progress, dp_clip=clip, dp_noise=noise, dp_delta=delta)
+                                  progress=progress)
 
     def params(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, **self.config.to_dict()}
+        return {"architecture": self.architecture, **self.config.to_dict(), "dp_clip": self.clip,
+                "dp_noise": self.noise, "dp_delta": self.delta}
 
     def fit(self, dataset: Dataset) -> PrivatelyTrained:
-        from ..train import create_model, fit
-
         model, _ = create_model(self.architecture, dataset.info, self.config.seed)
-        history = fit(model, dataset, self.config, description=f"dp-sgd {self.architecture}")
+        history = private_fit(model, dataset, self.config, clip=self.clip, noise=self.noise, delta=self.delta,
+                              description=f"dp-sgd {self.architecture}")
         privacy = history.privacy or {}
-        return PrivatelyTrained(model, privacy.get("epsilon", math.inf), self.config.dp_delta, history.epochs, privacy)
+        return PrivatelyTrained(model, privacy.get("epsilon", math.inf), self.delta, history.epochs, privacy)

@@ -12,17 +12,19 @@ carry, which is what defeats the pruning-aware attacker.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError
+from ..nn_tools import clean_accuracy_of, frozen_channels, model_copy, prune_site
 from ..train import OPTIMIZERS, TrainConfig, fit
 from . import MITIGATIONS
-from .base import Monitor, Repaired, check_clean_set, model_copy
-from .pruning import Pruning, check_fraction, clean_accuracy_of, freeze_channels, prune_site
+from .base import Monitor, Repaired, check_clean_set
+from .pruning import Pruning, check_fraction
 
 
 def _tune_config(epochs: int, lr: float, batch_size: int, optimizer: str, momentum: float, weight_decay: float,
@@ -34,18 +36,27 @@ def _tune_config(epochs: int, lr: float, batch_size: int, optimizer: str, moment
                        weight_decay=weight_decay, schedule="constant", seed=seed, progress=progress)
 
 
+_TUNE_HELP = {
+    "epochs": "Fine-tuning epochs on the clean set.",
+    "lr": "Constant learning rate of the fine-tuning.",
+    "batch_size": "Fine-tuning batch size.",
+    "optimizer": "Optimizer: sgd or adam.",
+    "momentum": "SGD momentum, in [0, 1).",
+    "weight_decay": "L2 weight decay, >= 0.",
+    "seed": "Seed of the batch order (and dropout).",
+    "progress": "Show a progress bar.",
+}
+
+
 def fine_tune(model: nn.Module, clean: Dataset, config: TrainConfig, *, monitor: Monitor | None = None,
-              frozen_channels: list[int] | None = None, description: str = "fine-tune") -> tuple[nn.Module, list]:
-    """Fine-tune a copy of `model` on `clean`; `frozen_channels` of the last conv layer stay at zero.
+              frozen: list[int] | None = None, description: str = "fine-tune") -> tuple[nn.Module, list]:
+    """Fine-tune a copy of `model` on `clean`; the `frozen` channels of the last conv layer stay at zero.
     Returns the copy and the curve (epoch 0 = before; then one row per epoch)."""
     work = model_copy(model)
     curve: list[dict[str, float]] = [{"epoch": 0, **(monitor(work) if monitor else {})}]
-    handles = freeze_channels(prune_site(work), frozen_channels) if frozen_channels else []
-    try:
+    hold = frozen_channels(prune_site(work), frozen) if frozen else contextlib.nullcontext()
+    with hold:
         history = fit(work, clean, config, evaluate=monitor, description=description)
-    finally:
-        for h in handles:
-            h.remove()
     curve += [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in history.epochs]
     return work.eval(), curve
 
@@ -53,6 +64,11 @@ def fine_tune(model: nn.Module, clean: Dataset, config: TrainConfig, *, monitor:
 @MITIGATIONS.register("fine-tuning")
 class FineTuning:
     """Train on the clean set for `epochs` at a constant learning rate `lr`."""
+
+    example_params: ClassVar[dict[str, Any]] = {"epochs": 1}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"optimizer": "rmsprop"}, "optimizer"))
+    param_help: ClassVar[dict[str, str]] = _TUNE_HELP
 
     def __init__(self, epochs: int = 10, lr: float = 0.01, *, batch_size: int = 64, optimizer: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
@@ -77,6 +93,13 @@ class FinePruning:
     with the pruned channels held at zero. The curve holds the prune curve (`stage` "prune") followed
     by the fine-tuning epochs (`stage` "fine-tune")."""
 
+    example_params: ClassVar[dict[str, Any]] = {"epochs": 1, "step": 32}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"lr": -1.0}, "lr"), ({"max_accuracy_drop": -0.1}, "max_accuracy_drop"), ({"step": 0}, "step"))
+    param_help: ClassVar[dict[str, str]] = {
+        **Pruning.param_help, **_TUNE_HELP, "full_curve": "Keep measuring the prune curve to 100% pruned.",
+    }
+
     def __init__(self, max_accuracy_drop: float = 0.04, epochs: int = 10, lr: float = 0.01, *, step: int = 1,
                  full_curve: bool = True, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
@@ -91,7 +114,7 @@ class FinePruning:
         start = time.perf_counter()
         pruned = self.pruning.repair(model, clean, monitor=monitor)
         channels = pruned.info["pruned_channels"]
-        tuned, tune_curve = fine_tune(pruned.model, clean, self.config, monitor=monitor, frozen_channels=channels,
+        tuned, tune_curve = fine_tune(pruned.model, clean, self.config, monitor=monitor, frozen=channels,
                                       description="fine-prune")
         curve = [{"stage": "prune", **row} for row in pruned.curve]
         curve += [{"stage": "fine-tune", **row} for row in tune_curve]

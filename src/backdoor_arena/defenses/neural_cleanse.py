@@ -20,14 +20,16 @@ the success threshold for `patience` checks, lambda = init_cost; then it is mult
 Mitigations (registered in MITIGATIONS): "nc-unlearning" fine-tunes on the clean set with the reversed
 trigger stamped on a fraction of it, labels kept; "nc-pruning" zeroes the penultimate-layer neurons whose
 activation rises most under the reversed trigger, until the model no longer follows it.
+
+The detector returns tensors only (masks and patterns in `ModelVerdict.artefacts`); the figure of the
+reversed triggers is drawn by the reporting layer (`report.plot_reversed_triggers`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,11 +37,10 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError
-from ..report import pyplot, save_figure
+from ..nn_tools import last_linear, model_copy, penultimate_features
 from ..runtime import seeded
 from . import MITIGATIONS, MODEL_DETECTORS
-from .base import ModelVerdict, Monitor, Repaired, check_clean_set, model_copy
-from .spectral import penultimate_features
+from .base import ModelVerdict, Monitor, Repaired, check_clean_set
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation of a normal
 
@@ -88,6 +89,28 @@ class ReversedTriggers:
 @MODEL_DETECTORS.register("neural-cleanse")
 class NeuralCleanse:
     """Model detector. score = anomaly index of the smallest mask norm; flagged when above `threshold`."""
+
+    example_params: ClassVar[dict[str, Any]] = {"steps": 12, "n_samples": 40, "batch_size": 8, "check_every": 3,
+                                                "patience": 1}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"success_threshold": 1.5}, "success_threshold"),
+        ({"cost_multiplier": 1.0}, "cost_multiplier"), ({"init_cost": 0}, "init_cost"))
+    param_help: ClassVar[dict[str, str]] = {
+        "steps": "Optimisation steps per label.",
+        "batch_size": "Clean images per step and label.",
+        "lr": "Adam learning rate of the mask and pattern.",
+        "init_cost": "Weight of the mask's L1 norm once the success threshold is first reached.",
+        "success_threshold": "Attack success a reversed trigger must reach on the clean set, in (0, 1].",
+        "patience": "Checks in a row before the cost weight changes.",
+        "check_every": "Steps between checks of the attack success.",
+        "cost_multiplier": "Factor (> 1) by which the cost weight rises (and, to the power 1.5, falls).",
+        "threshold": "Anomaly index above which the model is flagged (the paper: 2).",
+        "n_samples": "Clean images drawn for the optimisation.",
+        "batched": "Optimise several labels in one batched problem (False: one label at a time, same result).",
+        "pass_images": "Images per forward pass in batched mode (labels per pass = pass_images // batch_size).",
+        "seed": "Seed of the initial masks and patterns and of the mini-batches.",
+        "progress": "Show a progress bar.",
+    }
 
     def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                  success_threshold: float = 0.99, patience: int = 5, check_every: int = 10,
@@ -240,29 +263,6 @@ class NeuralCleanse:
                                               "n_samples", "batched", "pass_images", "seed")}
 
 
-def plot_reversed(path: str | Path, masks: torch.Tensor, patterns: torch.Tensor, norms: torch.Tensor,
-                  class_names: list[str] | None = None, highlight: int | None = None) -> Path:
-    """Row 1: masks; row 2: mask * pattern (the trigger as stamped); titles give the L1 norms."""
-    plt = pyplot()
-
-    k = masks.shape[0]
-    fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 0.6, 2.9), squeeze=False)
-    for i in range(k):
-        stamped = (masks[i] * patterns[i]).clamp(0, 1)
-        for row, img in enumerate((masks[i], stamped)):
-            ax = axes[row][i]
-            arr = img.permute(1, 2, 0).numpy()
-            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        name = class_names[i] if class_names else str(i)
-        axes[0][i].set_title(f"{name}\n|m|={float(norms[i]):.1f}", fontsize=7,
-                             color="red" if highlight == i else "black")
-    axes[0][0].set_ylabel("mask", fontsize=8)
-    axes[1][0].set_ylabel("mask*pattern", fontsize=8)
-    return save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- mitigations
 def _target_label(rev: ReversedTriggers, label: int | None) -> int:
     if label is not None:
@@ -281,6 +281,22 @@ class NeuralCleanseUnlearning:
     """Fine-tune on the clean set with the reversed trigger of the suspected label stamped on
     `stamp_fraction` of it, labels kept (paper: 1 epoch, 10% of the training data, 20% stamped)."""
 
+    example_params: ClassVar[dict[str, Any]] = {"epochs": 1, "detector": {"steps": 6, "n_samples": 30,
+                                                                          "batch_size": 8}}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"stamp_fraction": -0.1}, "stamp_fraction"), ({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"),
+        ({"detector": {"steps": 0}}, "steps"), ({"detector": {"no_such": 1}}, "no_such"), ({"label": -1}, "label"))
+    param_help: ClassVar[dict[str, str]] = {
+        "epochs": "Unlearning epochs on the clean set.",
+        "stamp_fraction": "Fraction of the clean set stamped with the reversed trigger (labels kept), in (0, 1].",
+        "lr": "SGD learning rate of the unlearning.",
+        "batch_size": "Unlearning batch size.",
+        "label": "The label whose reversed trigger is unlearned (default: Neural Cleanse's suspect).",
+        "detector": "Neural Cleanse parameters for the reverse engineering (a mapping of its options).",
+        "seed": "Seed of the stamped subset, the batch order and the reverse engineering.",
+        "progress": "Show a progress bar.",
+    }
+
     def __init__(self, epochs: int = 2, stamp_fraction: float = 0.2, lr: float = 0.01, batch_size: int = 32,
                  label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0,
                  progress: bool = False) -> None:
@@ -291,8 +307,9 @@ class NeuralCleanseUnlearning:
         if not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"nc-unlearning: lr must be positive, got {lr!r}")
         self.stamp_fraction = _check_fraction("nc-unlearning: stamp_fraction", stamp_fraction)
-        self.epochs, self.lr, self.batch_size, self.label, self.seed = epochs, float(lr), batch_size, label, seed
-        self.detector = NeuralCleanse(**{"seed": seed, "progress": progress, **(detector or {})})
+        self.epochs, self.lr, self.batch_size, self.seed = epochs, float(lr), batch_size, seed
+        self.label = _check_label("nc-unlearning", label)
+        self.detector = _detector("nc-unlearning", detector, seed, progress)
 
     def params(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "stamp_fraction": self.stamp_fraction, "lr": self.lr,
@@ -333,14 +350,29 @@ class NeuralCleansePruning:
     clean inputs), highest first, until the reversed trigger's success falls below `stop_success` (or
     `max_fraction` of the neurons are gone)."""
 
+    example_params: ClassVar[dict[str, Any]] = {"step_fraction": 0.1, "detector": {"steps": 6, "n_samples": 30,
+                                                                                   "batch_size": 8}}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"max_fraction": 3}, "max_fraction"), ({"stop_success": -0.5}, "stop_success"),
+        ({"step_fraction": 0}, "step_fraction"), ({"detector": {"lr": 0}}, "lr"), ({"label": "7"}, "label"))
+    param_help: ClassVar[dict[str, str]] = {
+        "stop_success": "Stop once the reversed trigger's success on the clean set falls to this fraction.",
+        "max_fraction": "Most penultimate-layer neurons pruned, as a fraction, in (0, 1].",
+        "step_fraction": "Fraction of the neurons pruned per step, in (0, 1].",
+        "label": "The label whose reversed trigger is pruned against (default: Neural Cleanse's suspect).",
+        "detector": "Neural Cleanse parameters for the reverse engineering (a mapping of its options).",
+        "seed": "Seed of the reverse engineering.",
+        "progress": "Show a progress bar.",
+    }
+
     def __init__(self, stop_success: float = 0.05, max_fraction: float = 0.5, step_fraction: float = 0.02,
                  label: int | None = None, detector: dict[str, Any] | None = None, seed: int = 0,
                  progress: bool = False) -> None:
         self.stop_success = _check_fraction("nc-pruning: stop_success", stop_success, low_open=False)
         self.max_fraction = _check_fraction("nc-pruning: max_fraction", max_fraction)
         self.step_fraction = _check_fraction("nc-pruning: step_fraction", step_fraction)
-        self.label, self.seed = label, seed
-        self.detector = NeuralCleanse(**{"seed": seed, "progress": progress, **(detector or {})})
+        self.label, self.seed = _check_label("nc-pruning", label), seed
+        self.detector = _detector("nc-pruning", detector, seed, progress)
 
     def params(self) -> dict[str, Any]:
         return {"stop_success": self.stop_success, "max_fraction": self.max_fraction,
@@ -353,7 +385,7 @@ class NeuralCleansePruning:
         stamped = apply_masks(x, rev.masks[label : label + 1], rev.patterns[label : label + 1])
         gap = penultimate_features(net, stamped).mean(0) - penultimate_features(net, x).mean(0)
         order = torch.argsort(gap, descending=True)
-        final = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        final = last_linear(net)
         n = len(order)
         step = max(1, round(self.step_fraction * n))
         curve = [{"pruned": 0, "fraction": 0.0, **_reversed_effect(net, clean, rev, label), **_watch(monitor, net)}]
@@ -366,6 +398,24 @@ class NeuralCleansePruning:
                           **_watch(monitor, net)})
         return Repaired(net, curve, {"label": label, "pruned": pruned, "neurons": n,
                                      "pruned_neurons": order[:pruned].tolist()})
+
+
+def _check_label(who: str, label: Any) -> int | None:
+    if label is not None and (not isinstance(label, int) or isinstance(label, bool) or label < 0):
+        raise ConfigError(f"{who}: label must be a class index >= 0 (or None: the suspected target), got {label!r}")
+    return label
+
+
+def _detector(who: str, options: dict[str, Any] | None, seed: int, progress: bool) -> NeuralCleanse:
+    """The Neural Cleanse a mitigation reverse-engineers with; an option it does not take is a ConfigError."""
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"{who}: detector must be a mapping of Neural Cleanse options, got {options!r}")
+    known = set(NeuralCleanse.param_help)
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise ConfigError(f"{who}: Neural Cleanse has no option(s) {', '.join(unknown)}; "
+                          f"it takes {', '.join(sorted(known))}")
+    return NeuralCleanse(**{"seed": seed, "progress": progress, **(options or {})})
 
 
 def _start_repair(detector: NeuralCleanse, model: nn.Module, clean: Dataset, rev: ReversedTriggers | None,

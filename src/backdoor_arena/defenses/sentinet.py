@@ -15,15 +15,16 @@ replaced by the predicted class only and the binned quantile boundary above.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError
+from ..nn_tools import capture_activations, last_conv, model_copy
 from . import INPUT_DETECTORS
-from .base import capture_activations, check_clean_set, last_conv, model_copy
+from .base import check_clean_set
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,6 +56,20 @@ def top_region(heat: torch.Tensor, fraction: float) -> torch.Tensor:
 @INPUT_DETECTORS.register("sentinet")
 class SentiNet:
     """Input detector: fit(model, clean) learns the boundary; score(x) -> distance beyond it."""
+
+    example_params: ClassVar[dict[str, Any]] = {"n_clean": 8, "n_fit": 30, "chunk": 7}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"region_fraction": 0.0}, "region_fraction"), ({"frr": 1.0}, "frr"), ({"bins": 0}, "bins"),
+        ({"n_clean": -1}, "n_clean"))
+    param_help: ClassVar[dict[str, str]] = {
+        "region_fraction": "Fraction of the pixels (the most salient by Grad-CAM) taken as the input's region.",
+        "n_clean": "Clean images the region is pasted onto.",
+        "frr": "False-rejection rate on clean inputs at which the boundary is set, in (0, 1).",
+        "bins": "Confidence bins of the decision boundary.",
+        "n_fit": "Clean inputs used to learn the boundary.",
+        "chunk": "Inputs per batch.",
+        "seed": "Seed of the carrier images and the inert noise pattern.",
+    }
 
     def __init__(self, region_fraction: float = 0.06, n_clean: int = 50, frr: float = 0.01, bins: int = 10,
                  n_fit: int = 500, chunk: int = 50, seed: int = 0) -> None:

@@ -5,51 +5,21 @@ Per class: R = penultimate-layer representations, centred; v = top right singula
 score_i = (R_i . v)^2. The samples with the highest scores, 1.5 x epsilon of the class (epsilon: an
 upper bound on the poisoned fraction), are removed; the model is retrained on the rest.
 
-Also home of the helpers the other detectors share: the clean-set check (one-line errors for a clean set
-that does not fit the model) and the penultimate-layer representation (the input of the last Linear).
+The representation is the input of the model's last Linear layer (`nn_tools.penultimate_features`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..data.dataset import Dataset, to_float
-from ..errors import ConfigError, IncompatibleError
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from ..nn_tools import model_copy, penultimate_features
 from . import DATA_FILTERS
-from .base import check_clean_set, model_copy
-
-
-# --------------------------------------------------------------------------- shared helpers
-@contextlib.contextmanager
-def _last_linear_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record the inputs of the model's last Linear layer; the hook is always removed."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise IncompatibleError(f"the model ({type(model).__name__}) has no Linear layer to read representations from")
-    inputs: list[torch.Tensor] = []
-    handle = linears[-1].register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
-    try:
-        yield inputs
-    finally:
-        handle.remove()
-
-
-def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Representations [N, D] that the final layer reads (the model's mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with _last_linear_inputs(model) as inputs, torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                model(to_float(x[i : i + batch_size]))
-        return torch.cat([t.flatten(1) for t in inputs])
-    finally:
-        model.train(was_training)
+from .base import check_clean_set
 
 
 # --------------------------------------------------------------------------- pure function
@@ -68,6 +38,15 @@ def spectral_scores(reps: torch.Tensor) -> torch.Tensor:
 class SpectralSignatures:
     """Data filter. score(model, dataset): per-sample suspicion (the spectral score divided by its class's
     mean score, so that classes are comparable); flag(): the top `removal_factor * epsilon` of each class."""
+
+    example_params: ClassVar[dict[str, Any]] = {}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"epsilon": 2.0}, "epsilon"), ({"removal_factor": 0}, "removal_factor"), ({"batch_size": 0}, "batch_size"))
+    param_help: ClassVar[dict[str, str]] = {
+        "epsilon": "Upper bound of the poisoned fraction of each class, in (0, 1).",
+        "removal_factor": "Remove removal_factor x epsilon of each class (the paper: 1.5).",
+        "batch_size": "Images per forward pass when computing representations.",
+    }
 
     def __init__(self, epsilon: float = 0.1, removal_factor: float = 1.5, batch_size: int = 1000) -> None:
         if not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:

@@ -13,7 +13,7 @@ Scores are suspicion = -entropy (higher = more suspicious), so AUROC is computed
 from __future__ import annotations
 
 from statistics import NormalDist
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,8 +21,9 @@ from torch import nn
 from ..data.dataset import Dataset, to_float
 from ..detection_metrics import threshold_at_frr
 from ..errors import ConfigError
+from ..nn_tools import model_copy
 from . import INPUT_DETECTORS
-from .base import check_clean_set, model_copy
+from .base import check_clean_set
 
 MODES = ("add", "blend")
 THRESHOLDS = ("empirical", "normal")
@@ -44,6 +45,21 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
 @INPUT_DETECTORS.register("strip")
 class Strip:
     """Input detector: fit(model, clean) then score(x) -> -mean entropy; flags score > threshold."""
+
+    example_params: ClassVar[dict[str, Any]] = {"n_overlays": 8, "n_fit": 30, "chunk": 7}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"frr": 1.5}, "frr"), ({"n_overlays": 0}, "n_overlays"), ({"mode": "mix"}, "mode"),
+        ({"alpha": 1.0}, "alpha"), ({"threshold_method": "otsu"}, "threshold_method"))
+    param_help: ClassVar[dict[str, str]] = {
+        "n_overlays": "Clean images superimposed on each input.",
+        "frr": "False-rejection rate on clean inputs at which the threshold is set, in (0, 1).",
+        "mode": "Superimposition: add (saturating pixel sum, as the authors) or blend (weight alpha).",
+        "alpha": "Weight of the overlay in blend mode, in (0, 1).",
+        "threshold_method": "empirical (clean quantile) or normal (fitted to the clean entropies, as the paper).",
+        "n_fit": "Clean inputs used to set the threshold.",
+        "chunk": "Inputs per batched forward pass (each with all its overlays).",
+        "seed": "Seed of the overlay draw.",
+    }
 
     def __init__(self, n_overlays: int = 100, frr: float = 0.01, mode: str = "add", alpha: float = 0.5,
                  threshold_method: str = "empirical", n_fit: int = 1000, chunk: int = 20, seed: int = 0) -> None:

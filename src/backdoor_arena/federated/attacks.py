@@ -1,33 +1,29 @@
-"""The backdoor task, the model-replacement client attacks and the adversary models of Sun et al. 2019.
+"""Client attacks: what the malicious clients of a round send (registry CLIENT_ATTACKS).
 
-Backdoor task: the 7s of `tasks` chosen "target clients" (writers) should be classified as 1. Each target
-client's 7s are split in two halves: the attacker trains on one (relabelled as 1), backdoor accuracy is
-measured on the other (held out). Benign clients, the target clients included, keep their correctly
-labelled 7s, so benign training keeps pulling the model back.
+One call per attack: `craft(ctx: AttackContext) -> AttackResult`. The context holds what the attackers of
+the round know: the global model and its flat weights w_t, their own data, the round, a seed, how many of
+them were sampled and their client ids and reported weights, the server learning rate and the aggregator's
+public parameters (`aggregator.public_params()`, e.g. max_norm). An attack whose class declares
+`omniscient = True` also sees the round's benign updates [n_benign, d] and their weights (tailored attacks:
+ALIE, IPM, Fang et al.); every other attack gets None there. The result holds one update per malicious
+client ([m, d], in the order of `ctx.malicious_ids`) and a flat dict of diagnostics.
 
-Client attacks (registry CLIENT_ATTACKS), all model replacement (Bagdasaryan et al.; Sun et al. Eq. 1):
-the attackers of a round train one backdoored model w* from w_t on D_mal (relabelled target 7s) plus
-clean samples of the true distribution, and each of the m attackers sends beta * (w* - w_t) with
+The model-replacement attacks of Sun et al. 2019 (Bagdasaryan et al.; Sun et al. Eq. 1): the attackers of a
+round train one backdoored model w* from w_t on D_mal (relabelled target 7s) plus clean samples of the true
+distribution, and each of the m attackers sends beta * (w* - w_t) with
 beta = sum_k n_k / (server_lr * m * n_a), so their combined weighted share replaces w_t by w*
 ("several attackers split the update evenly").
 - `unconstrained`: plain SGD to w*.
 - `norm-bounded`: projected gradient descent, every step projected onto the l2 ball of radius
   norm_bound / beta around w_t, so each boosted update has norm <= norm_bound.
-
-Adversary models (registry ADVERSARIES):
-- `fixed-frequency`: every `frequency` rounds, `attackers` of the sampled clients are replaced by
-  attackers (epsilon = attackers / (frequency * clients_per_round) in the paper's terms).
-- `random-sampling`: a fraction of all clients is malicious from the start; a round holds as many as are
-  sampled, a hypergeometric count.
-Target clients are never malicious (their held-out 7s measure the backdoor).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,82 +31,74 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import Registry
 from .engines import LocalTraining, sgd_local
-from .partition import FederatedData
+from .task import AttackerData
 
-# ---- backdoor task ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class BackdoorTask:
-    target_clients: tuple[int, ...]  # client positions in FederatedData
-    attacker_index: torch.Tensor  # global sample indices of target-client sources the attacker relabels
-    eval_index: torch.Tensor  # held-out target-client sources: backdoor accuracy is measured on these
-    source: int = 7
-    target: int = 1
-
-
-def make_backdoor_task(fed: FederatedData, tasks: int, generator: torch.Generator, source: int = 7,
-                       target: int = 1) -> BackdoorTask:
-    """Choose `tasks` target clients among those with >= 2 images of `source`; split each one's
-    source images into an attacker half and a held-out half."""
-    labels = fed.dataset.labels
-    eligible = [k for k, idx in enumerate(fed.indices) if int((labels[idx] == source).sum()) >= 2]
-    if not 1 <= tasks <= len(eligible):
-        raise ConfigError(f"backdoor.tasks must be in [1, {len(eligible)}] (clients with >= 2 images of class "
-                          f"{source}), got {tasks}")
-    pick = sorted(eligible[i] for i in torch.randperm(len(eligible), generator=generator)[:tasks].tolist())
-    train, held = [], []
-    for k in pick:
-        idx = fed.indices[k]
-        src = idx[labels[idx] == source]
-        src = src[torch.randperm(len(src), generator=generator)]
-        half = len(src) // 2
-        train.append(src[:half])
-        held.append(src[half:])
-    return BackdoorTask(tuple(pick), torch.cat(train).sort().values, torch.cat(held).sort().values, source, target)
-
-
-@dataclass(frozen=True, eq=False)
-class AttackerData:
-    """D_mal (relabelled) plus clean samples of the true distribution, as one small in-memory set."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    n_backdoor: int
-
-
-def make_attacker_data(fed: FederatedData, task: BackdoorTask, clean_samples: int,
-                       generator: torch.Generator) -> AttackerData:
-    d = fed.dataset
-    excluded = set(task.target_clients)
-    pool = torch.cat([idx for k, idx in enumerate(fed.indices) if k not in excluded])
-    clean = pool[torch.randperm(len(pool), generator=generator)[:clean_samples]]
-    images = torch.cat([d.images[task.attacker_index], d.images[clean]])
-    labels = torch.cat([torch.full((len(task.attacker_index),), task.target, dtype=torch.int64), d.labels[clean]])
-    return AttackerData(images, labels, len(task.attacker_index))
-
-
-# ---- client attacks ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class AttackContext:
-    """What the attackers of one round see."""
+    """What the attackers of one round see. `model` is a copy holding w_t: an attack may use it freely."""
 
     model: nn.Module
-    global_weights: torch.Tensor  # w_t, flat
-    data: AttackerData
+    global_weights: torch.Tensor  # w_t, flat [d]
+    data: AttackerData  # the attackers' own data
     round: int
-    seed: int
-    n_attackers: int
-    attacker_weight: float  # n_a, the sample count each attacker reports
-    weight_sum: float  # sum of n_k over every client of the round, attackers included
+    seed: int  # for the attackers' own random draws (batches); dropout is seeded by the pipeline
+    n_malicious: int  # m, the malicious clients sampled this round
+    malicious_ids: tuple[int, ...]  # their client (writer) ids; result rows follow this order
+    malicious_weights: torch.Tensor  # [m] float64, the sample count each one reports to the server
+    weight_sum: float  # sum of reported sample counts over every client of the round, attackers included
     server_lr: float
+    aggregator_params: Mapping[str, Any] = field(default_factory=dict)  # aggregator.public_params()
+    benign_updates: torch.Tensor | None = None  # [n_benign, d], omniscient attacks only
+    benign_weights: torch.Tensor | None = None  # [n_benign], omniscient attacks only
+
+    @property
+    def n_params(self) -> int:
+        return int(self.global_weights.numel())
+
+
+@dataclass(frozen=True, eq=False)
+class AttackResult:
+    updates: torch.Tensor  # [m, d], one row per malicious client, in ctx.malicious_ids order
+    info: dict[str, Any] = field(default_factory=dict)  # flat diagnostics: JSON scalars only
+
+    def check(self, n_malicious: int, n_params: int, name: str = "attack") -> None:
+        shape = (n_malicious, n_params)
+        if not isinstance(self.updates, torch.Tensor) or tuple(self.updates.shape) != shape:
+            got = tuple(self.updates.shape) if isinstance(self.updates, torch.Tensor) else type(self.updates).__name__
+            raise ConfigError(f"client attack {name!r} must return one update per malicious client, "
+                              f"shape {shape}, got {got}")
+
+
+class ClientAttack:
+    """Base of the registered client attacks (frozen dataclasses: the constructor validates, `craft` computes).
+
+    `constraint_violations` states the attack's own constraint (a norm bound, staying within the benign
+    spread, ...) as a check of a result: the conformance suite asserts it holds."""
+
+    omniscient: ClassVar[bool] = False  # True: ctx carries the round's benign updates and weights
+    example_params: ClassVar[dict[str, Any]] = {}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = ()
+    param_help: ClassVar[dict[str, str]] = {}
+
+    def craft(self, ctx: AttackContext) -> AttackResult:
+        raise NotImplementedError(f"{type(self).__name__} must implement craft()")
+
+    def constraint_violations(self, ctx: AttackContext, result: AttackResult) -> list[str]:
+        """One sentence per violated constraint; [] when the result respects them (or none is stated)."""
+        return []
+
+
+CLIENT_ATTACKS: Registry[type[ClientAttack]] = Registry("federated client attack")
 
 
 def boost_factor(ctx: AttackContext, boost: float | str) -> float:
-    """beta = sum_k n_k / (server_lr * m * n_a) ("auto"), or a fixed number."""
+    """beta = sum_k n_k / (server_lr * m * n_a) ("auto"), or a fixed number. n_a is the attackers' mean
+    reported weight (exact: they all report the same count)."""
     if boost != "auto":
         return float(boost)
-    return ctx.weight_sum / (ctx.server_lr * ctx.n_attackers * ctx.attacker_weight)
+    n_a = float(ctx.malicious_weights.mean())
+    return ctx.weight_sum / (ctx.server_lr * ctx.n_malicious * n_a)
 
 
 def project_l2(radius: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -121,10 +109,7 @@ def project_l2(radius: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return project
 
 
-CLIENT_ATTACKS: Registry[Callable[..., Any]] = Registry("federated client attack")
-
-
-def _check_common(kind: str, boost: Any, epochs: Any, lr: Any, batch_size: Any, problems: list[str]) -> None:
+def _check_common(boost: Any, epochs: Any, lr: Any, batch_size: Any, problems: list[str]) -> None:
     if not (boost == "auto" or (isinstance(boost, (int, float)) and not isinstance(boost, bool) and boost > 0)):
         problems.append(f"boost must be 'auto' or a positive number, got {boost!r}")
     try:
@@ -133,9 +118,17 @@ def _check_common(kind: str, boost: Any, epochs: Any, lr: Any, batch_size: Any, 
         problems.append(str(exc))
 
 
+_REPLACEMENT_HELP = {
+    "boost": "Boost factor beta, or 'auto' = sum of weights / (server_lr * attackers * attacker weight).",
+    "epochs": "Local epochs of the attackers' training of the backdoored model.",
+    "lr": "Learning rate of the attackers' SGD.",
+    "batch_size": "Batch size of the attackers' SGD.",
+}
+
+
 @CLIENT_ATTACKS.register("unconstrained")
 @dataclass(frozen=True)
-class UnconstrainedAttack:
+class UnconstrainedAttack(ClientAttack):
     """Boosted model replacement with w* trained freely (large update norm: a baseline)."""
 
     boost: Any = "auto"
@@ -143,17 +136,23 @@ class UnconstrainedAttack:
     lr: float = 0.1
     batch_size: int = 20
 
+    example_params: ClassVar[dict[str, Any]] = {"epochs": 1}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"boost": "big"}, "boost"), ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"))
+    param_help: ClassVar[dict[str, str]] = dict(_REPLACEMENT_HELP)
+
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        _check_common("unconstrained", self.boost, self.epochs, self.lr, self.batch_size, problems)
+        self._validate("unconstrained", [])
+
+    def _validate(self, kind: str, problems: list[str]) -> None:
+        _check_common(self.boost, self.epochs, self.lr, self.batch_size, problems)
         if problems:
-            raise ConfigError("attack 'unconstrained': " + "; ".join(problems))
+            raise ConfigError(f"attack {kind!r}: " + "; ".join(problems))
 
     def radius(self, beta: float) -> float | None:
         return None
 
-    def craft(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """The update each of the round's attackers sends, and diagnostics."""
+    def craft(self, ctx: AttackContext) -> AttackResult:
         beta = boost_factor(ctx, self.boost)
         radius = self.radius(beta)
         project = None if radius is None else project_l2(radius)
@@ -161,7 +160,9 @@ class UnconstrainedAttack:
         cfg = LocalTraining(self.epochs, self.batch_size, self.lr)
         delta = sgd_local(ctx.model, ctx.global_weights, ctx.data.images, ctx.data.labels, idx, ctx.seed, cfg,
                           project=project)
-        return beta * delta, {"boost": beta, "unboosted_norm": float(torch.linalg.vector_norm(delta))}
+        update = beta * delta  # every attacker of the round sends the same boosted update
+        return AttackResult(update.unsqueeze(0).repeat(ctx.n_malicious, 1),
+                            {"boost": beta, "unboosted_norm": float(torch.linalg.vector_norm(delta))})
 
 
 @CLIENT_ATTACKS.register("norm-bounded")
@@ -171,86 +172,24 @@ class NormBoundedAttack(UnconstrainedAttack):
 
     norm_bound: float = 10.0
 
+    example_params: ClassVar[dict[str, Any]] = {"epochs": 1, "norm_bound": 0.5}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        ({"norm_bound": -1}, "norm_bound"), ({"boost": 0}, "boost"))
+    param_help: ClassVar[dict[str, str]] = {
+        **_REPLACEMENT_HELP, "norm_bound": "The l2 norm each boosted update stays within (the server's bound)."}
+
     def __post_init__(self) -> None:
         problems: list[str] = []
-        _check_common("norm-bounded", self.boost, self.epochs, self.lr, self.batch_size, problems)
-        if not (isinstance(self.norm_bound, (int, float)) and self.norm_bound > 0 and math.isfinite(self.norm_bound)):
+        ok = isinstance(self.norm_bound, (int, float)) and not isinstance(self.norm_bound, bool)
+        if not (ok and self.norm_bound > 0 and math.isfinite(self.norm_bound)):
             problems.append(f"norm_bound must be a positive number, got {self.norm_bound!r}")
-        if problems:
-            raise ConfigError("attack 'norm-bounded': " + "; ".join(problems))
+        self._validate("norm-bounded", problems)
 
     def radius(self, beta: float) -> float | None:
         return self.norm_bound / beta
 
-
-# ---- adversary models -------------------------------------------------------------------------------------
-
-ADVERSARIES: Registry[Callable[..., Any]] = Registry("adversary model")
-
-
-@ADVERSARIES.register("fixed-frequency")
-@dataclass(frozen=True)
-class FixedFrequency:
-    """`attackers` of the sampled clients are replaced by attackers in rounds start, start+f, start+2f, ..."""
-
-    frequency: int = 1
-    attackers: int = 1
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.frequency, int) or self.frequency < 1:
-            problems.append(f"frequency must be a positive integer (attack every f rounds), got {self.frequency!r}")
-        if not isinstance(self.attackers, int) or self.attackers < 1:
-            problems.append(f"attackers must be a positive integer, got {self.attackers!r}")
-        if problems:
-            raise ConfigError("adversary 'fixed-frequency': " + "; ".join(problems))
-
-    def setup(self, num_clients: int, excluded: Sequence[int], generator: torch.Generator) -> frozenset[int]:
-        return frozenset()
-
-    def malicious(self, round_: int, sampled: Sequence[int], excluded: Sequence[int], malicious_set: frozenset[int],
-                  attack_round: int) -> list[int]:
-        """Positions (client indices) among `sampled` that act maliciously; attack_round counts from the start."""
-        if attack_round < 0 or attack_round % self.frequency:
-            return []
-        skip = set(excluded)
-        return [k for k in sampled if k not in skip][: self.attackers]
-
-
-@ADVERSARIES.register("random-sampling")
-@dataclass(frozen=True)
-class RandomSampling:
-    """A fraction of all clients is malicious; a round's count is hypergeometric."""
-
-    fraction: float = 0.033
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0 <= self.fraction <= 1):
-            raise ConfigError(f"adversary 'random-sampling': fraction must be in [0, 1], got {self.fraction!r}")
-
-    def count(self, num_clients: int) -> int:
-        return round(self.fraction * num_clients)
-
-    def setup(self, num_clients: int, excluded: Sequence[int], generator: torch.Generator) -> frozenset[int]:
-        skip = set(excluded)
-        pool = [k for k in range(num_clients) if k not in skip]
-        n = min(self.count(num_clients), len(pool))
-        return frozenset(pool[i] for i in torch.randperm(len(pool), generator=generator)[:n].tolist())
-
-    def malicious(self, round_: int, sampled: Sequence[int], excluded: Sequence[int], malicious_set: frozenset[int],
-                  attack_round: int) -> list[int]:
-        if attack_round < 0:
-            return []
-        return [k for k in sampled if k in malicious_set]
-
-
-def make_component(registry: Registry, spec: dict[str, Any], kind: str) -> Any:
-    """Build a registered client attack or adversary model from {"name": ..., params...}."""
-    params = {k: v for k, v in spec.items() if k != "name"}
-    factory = registry.get(spec.get("name"))
-    known = set(getattr(factory, "__dataclass_fields__", {}))
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(f"{kind} {spec['name']!r} has no parameter(s) {', '.join(unknown)}; "
-                          f"it takes {', '.join(sorted(known))}")
-    return factory(**params)
+    def constraint_violations(self, ctx: AttackContext, result: AttackResult) -> list[str]:
+        norms = torch.linalg.vector_norm(result.updates.double(), dim=1)
+        worst = float(norms.max()) if norms.numel() else 0.0
+        limit = self.norm_bound * (1 + 1e-5)
+        return [] if worst <= limit else [f"an update has l2 norm {worst:.6g} > norm_bound {self.norm_bound}"]

@@ -17,6 +17,8 @@ under vmap, so models with BatchNorm train with the sequential engine only.
 
 `choose_engine` picks the faster engine by measurement (see its docstring): on 2 CPU cores vmap won
 1.5x for the small BadNets CNN and lost 3.4x for the 1.2M-parameter EMNIST CNN, so no fixed rule holds.
+`EngineChooser` memoises those choices; its cache belongs to whoever holds the chooser (the round
+pipeline's caller), never to the module.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +39,6 @@ from ..data.dataset import to_float
 from ..errors import ConfigError, IncompatibleError
 from ..registry import Registry
 from ..runtime import seeded
-
-ENGINE_CHOICES = ("auto", "sequential", "vectorised")
 
 
 @dataclass(frozen=True)
@@ -116,23 +117,35 @@ def sgd_local(
     return flat_params(model) - start
 
 
-ENGINES: Registry[Callable[[], Engine]] = Registry("client-training engine")
-
-
 class Engine:
-    """Trains clients `indices` (sample indices into images/labels) from flat weights `start`."""
+    """Trains clients `indices` (sample indices into images/labels) from flat weights `start` and returns
+    their updates [n, d]; client k's batches come from a generator seeded with `seeds[k]`. Every engine
+    must agree with `sgd_local` per client (the sequential reference) on dropout-free models."""
 
-    name = "engine"
+    name: ClassVar[str] = "engine"
+    example_params: ClassVar[dict[str, Any]] = {}
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"threads": 2}, "no parameter"),)
+    param_help: ClassVar[dict[str, str]] = {}
 
     def train(
         self, model: nn.Module, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
         indices: Sequence[torch.Tensor], seeds: Sequence[int], cfg: LocalTraining, max_steps: int | None = None,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement train()")
+
+
+ENGINES: Registry[type[Engine]] = Registry("client-training engine")
+
+
+def engine_choices() -> list[str]:
+    """What `federation.engine` accepts: "auto" (chosen by measurement) or a registered engine."""
+    return ["auto", *ENGINES.names()]
 
 
 @ENGINES.register("sequential")
 class SequentialEngine(Engine):
+    """One client after another with ordinary autograd (the obvious reference)."""
+
     name = "sequential"
 
     def train(self, model, start, images, labels, indices, seeds, cfg, max_steps=None):
@@ -143,6 +156,8 @@ class SequentialEngine(Engine):
 
 @ENGINES.register("vectorised")
 class VectorisedEngine(Engine):
+    """All clients of a round at once with torch.func (functional_call + vmap + grad), padded and masked."""
+
     name = "vectorised"
 
     def train(self, model, start, images, labels, indices, seeds, cfg, max_steps=None):
@@ -200,12 +215,9 @@ class VectorisedEngine(Engine):
 
 
 def get_engine(name: str) -> Engine:
-    if name not in ENGINE_CHOICES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {name!r}")
+    if name not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES.names())}, got {name!r}")
     return ENGINES.get(name)()
-
-
-_CHOICE_CACHE: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 
 def choose_engine(
@@ -219,15 +231,11 @@ def choose_engine(
     once per step and overestimated a badnet-mnist round by 40%). Vectorised: `repeats` vmapped steps
     over all the clients after one warm-up step. A round is then predicted as: sequential = time per
     client step x sum_k ceil(n_k / B); vectorised = time per vmapped step x max_k ceil(n_k / B) (it pads
-    every client to the longest). Models with BatchNorm always get `sequential`. Cached per (architecture,
-    parameter count, device, threads, clients, batch)."""
+    every client to the longest). Models with BatchNorm always get `sequential`. Not memoised: see
+    `EngineChooser`."""
     if has_batchnorm(model):
         return "sequential", {}
     device = next(model.parameters()).device
-    n_par = sum(p.numel() for p in model.parameters())
-    key = (type(model).__name__, n_par, str(device), torch.get_num_threads(), len(indices), cfg.batch_size)
-    if key in _CHOICE_CACHE:
-        return _CHOICE_CACHE[key]
     start = flat_params(model).to(device)
     steps = [math.ceil(len(i) / cfg.batch_size) for i in indices]
     one = LocalTraining(1, cfg.batch_size, cfg.lr)
@@ -250,5 +258,21 @@ def choose_engine(
     timing["sequential_epoch_s"] = timing["sequential_step_s"] * sum(steps)
     timing["vectorised_epoch_s"] = timing["vectorised_step_s"] * max(steps)
     name = "vectorised" if timing["vectorised_epoch_s"] < timing["sequential_epoch_s"] else "sequential"
-    _CHOICE_CACHE[key] = (name, timing)
     return name, timing
+
+
+@dataclass
+class EngineChooser:
+    """`choose_engine`, memoised per (architecture, parameter count, device, threads, clients, batch) in
+    `choices`, an attribute of this object: the runs that share a chooser share its measurements."""
+
+    choices: dict[tuple, tuple[str, dict[str, float]]] = field(default_factory=dict)
+
+    def choose(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               indices: Sequence[torch.Tensor], cfg: LocalTraining) -> tuple[str, dict[str, float]]:
+        device = next(model.parameters()).device
+        n_par = sum(p.numel() for p in model.parameters())
+        key = (type(model).__name__, n_par, str(device), torch.get_num_threads(), len(indices), cfg.batch_size)
+        if key not in self.choices:
+            self.choices[key] = choose_engine(model, images, labels, indices, cfg)
+        return self.choices[key]

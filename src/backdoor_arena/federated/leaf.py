@@ -224,16 +224,7 @@ WRITER_FILES: Registry[Callable[..., Dataset]] = Registry("writer-file dataset")
 WRITER_FILES.register("leaf-femnist")(load_leaf_femnist)
 WRITER_FILES.register("tff-emnist")(load_tff_emnist)
 
-_MEMO: dict[tuple[str, Path, bool, int], Dataset] = {}
-
-
 def load_writer_files(name: str, path: str | Path, *, digits_only: bool = True) -> Dataset:
-    """A registered writer-file format, memoised per process (the full LEAF JSON takes minutes to
-    parse, and a scenario's variants would otherwise parse it once each). Treat the tensors as read-only."""
-    loader = WRITER_FILES.get(name)
-    resolved = Path(path).expanduser().resolve()
-    # mtime in the key: a file rewritten in place is read again.
-    key = (name, resolved, bool(digits_only), resolved.stat().st_mtime_ns if resolved.exists() else 0)
-    if key not in _MEMO:
-        _MEMO[key] = loader(resolved, digits_only=bool(digits_only))
-    return _MEMO[key]
+    """A registered writer-file format. Not memoised here (no module-level caches): the full LEAF JSON takes
+    minutes to parse, so a scenario's variants share it through the caller's `FederationCache`."""
+    return WRITER_FILES.get(name)(Path(path).expanduser().resolve(), digits_only=bool(digits_only))

@@ -1,29 +1,37 @@
-"""Figures shaped like Sun et al. 2019's, made from round records only."""
+"""Figures shaped like Sun et al. 2019's and the summary table, made from round records only (the dicts of
+`Record.to_dict()`: `clean_accuracy`, `attack_success_rate`, `n_malicious`, `round`). The one module of the
+federated package that draws; only the run writer (`simulation.write_run`, `run_scenario`) calls it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..report import pyplot, save_figure
+from ..records import json_safe
+from ..report import markdown_table, pyplot, save_figure
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)  # JSON records hold NaN as null
 
 
 def _series(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     recs = [r for r in records if r["round"] > 0]
     x = np.array([r["round"] for r in recs])
-    main = np.array([r["main_accuracy"] for r in recs], dtype=float)
-    bd = np.array([r["backdoor_accuracy"] for r in recs], dtype=float)
+    main = np.array([_number(r["clean_accuracy"]) for r in recs], dtype=float)
+    bd = np.array([_number(r["attack_success_rate"]) for r in recs], dtype=float)
     cum = np.cumsum(bd) / np.arange(1, len(bd) + 1) if len(bd) else bd
     return x, main, bd, cum
 
 
 def _draw(ax, records: list[dict[str, Any]], title: str) -> None:
     x, main, bd, cum = _series(records)
-    ax.plot(x, main, color="tab:blue", lw=1.2, label="main task")
-    ax.plot(x, bd, color="tab:red", lw=1.0, label="backdoor")
-    ax.plot(x, cum, color="tab:green", lw=1.6, label="backdoor cumulative mean")
+    ax.plot(x, main, color="tab:blue", lw=1.2, label="clean accuracy")
+    ax.plot(x, bd, color="tab:red", lw=1.0, label="attack success rate")
+    ax.plot(x, cum, color="tab:green", lw=1.6, label="attack success cumulative mean")
     attacked = [r["round"] for r in records if r.get("n_malicious")]
     if attacked:
         ax.plot(attacked, [0.02] * len(attacked), "|", color="black", ms=6, label="attacked round")
@@ -43,7 +51,7 @@ def plot_run(path: str | Path, records: list[dict[str, Any]], title: str = "") -
 
 
 def plot_panels(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
-    """One panel per run (Figures 1-3 of the paper: main, backdoor and its cumulative mean per round)."""
+    """One panel per run (Figures 1-3 of the paper: clean accuracy, attack success and its cumulative mean)."""
     plt = pyplot()
     n = len(runs)
     cols = 2 if n > 1 else 1
@@ -59,7 +67,7 @@ def plot_panels(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: 
 
 
 def plot_overlay(path: str | Path, runs: dict[str, list[dict[str, Any]]], title: str = "") -> Path:
-    """All runs in one axes (Figure 4 of the paper): dotted main task, solid backdoor."""
+    """All runs in one axes (Figure 4 of the paper): dotted clean accuracy, solid attack success rate."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -70,8 +78,20 @@ def plot_overlay(path: str | Path, runs: dict[str, list[dict[str, Any]]], title:
         ax.plot(x, bd, ls="-", color=c, lw=1.3, label=label)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("round")
-    ax.set_ylabel("accuracy (dotted: main task, solid: backdoor)")
+    ax.set_ylabel("dotted: clean accuracy, solid: attack success")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+SUMMARY_COLUMNS = ["variant", "rounds", "attacked_rounds", "start_clean_accuracy", "final_clean_accuracy",
+                   "mean_attack_success_rate", "final_attack_success_rate", "median_benign_norm_p90", "engine", "wall_s"]
+
+
+def write_summary(out: str | Path, name: str, description: str, rows: list[dict[str, Any]]) -> None:
+    """summary.md (a table, one row per variant) and summary.json from the runs' summaries."""
+    out = Path(out)
+    fmts = {c: ".3f" for c in SUMMARY_COLUMNS if "accuracy" in c or "rate" in c or "norm" in c} | {"wall_s": ".0f"}
+    (out / "summary.md").write_text(f"# {name}\n\n{description}\n\n{markdown_table(rows, SUMMARY_COLUMNS, fmts)}")
+    (out / "summary.json").write_text(json.dumps(json_safe(rows), indent=1, default=str))

@@ -15,6 +15,7 @@ target-label accuracy on the backdoored models it flags, and a ROC plot.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,20 +25,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .api import _train_and_save
-from .attacks import make_attack
-from .data import dataset_info, load_dataset
-from .defenses import (
-    MODEL_DETECTORS,
-    clean_holdout,
-    neural_cleanse,  # noqa: F401  (registers the detector)
-)
-from .detection_metrics import auroc, roc_curve, tpr_at_fpr
-from .errors import ConfigError
-from .modelfile import load_model
-from .report import markdown_table, pyplot, read_jsonl, save_figure, write_jsonl
-from .runtime import set_threads, versions
-from .train import TrainConfig
+from ..attacks import make_attack
+from ..data import dataset_info, load_dataset
+from ..defenses import MODEL_DETECTORS, clean_holdout
+from ..detection_metrics import auroc, tpr_at_fpr
+from ..errors import ConfigError, ModelFileError
+from ..modelfile import load_model
+from ..records import json_safe, write_jsonl
+from ..report import markdown_table, plot_roc
+from ..runtime import versions
+from ..safeio import atomic_write_text, check_regular_file, output_folder, read_text, shown
+from ..schemas import TruthRecord, loads_json, validate
+from ..train import TrainConfig
+from .outputs import check_folder_output
+from .training import train_model
 
 TRIGGER_KINDS = ("square", "pattern")
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left")
@@ -55,7 +56,6 @@ class ZooConfig:
     train_size: int | None = None  # a seeded subset of the training split (None: all of it)
     seed: int = 0
     clean_fraction: float = 0.05  # the defenders' hold-out, excluded from training
-    threads: int | None = None  # CPU threads (None: all cores; 1 is faster on a crowded machine)
 
     def __post_init__(self) -> None:
         for name in ("clean", "backdoored"):
@@ -96,11 +96,19 @@ def zoo_plan(config: ZooConfig) -> list[dict[str, Any]]:
 
 def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: str | Path | None = None,
               progress: bool = True) -> list[dict[str, Any]]:
-    """Train every model of the plan into `out` (existing models with a truth record are kept)."""
-    out = Path(out)
+    """Train every model of the plan into `out`. A zoo folder resumes: models with a truth record are kept.
+    An existing folder must be empty or a zoo (specs/truth.jsonl), so a typo cannot fill another folder."""
+    out = check_folder_output(out, resumable=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / "specs" / "truth.jsonl").is_file():
+        raise ConfigError(f"--out {shown(out)} holds files but is not a zoo folder (no specs/truth.jsonl); choose an "
+                          "empty or new folder, or an existing zoo to resume")
+    with output_folder(out):
+        return _build(out, config, data_root, progress)
+
+
+def _build(out: Path, config: ZooConfig, data_root: str | Path | None, progress: bool) -> list[dict[str, Any]]:
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "specs").mkdir(parents=True, exist_ok=True)
-    set_threads(config.threads)
     info = dataset_info(config.dataset)
     train_full = load_dataset(config.dataset, "train", data_root)
     test = load_dataset(config.dataset, "test", data_root)
@@ -109,7 +117,7 @@ def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: st
         rest = rest.subset(torch.randperm(len(rest), generator=torch.Generator().manual_seed(config.seed))
                            [: config.train_size].sort().values)
     truth_path = out / "specs" / "truth.jsonl"
-    done = {r["name"]: r for r in read_jsonl(truth_path)} if truth_path.exists() else {}
+    done = {r["name"]: r for r in read_truth(out)} if truth_path.exists() else {}
     records = []
     started = time.perf_counter()
     plan = zoo_plan(config)
@@ -118,8 +126,7 @@ def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: st
         if entry["name"] in done and model_path.exists():
             records.append(done[entry["name"]])
             continue
-        train_config = TrainConfig(epochs=config.epochs, seed=entry["seed"], threads=config.threads,
-                                   progress=progress)
+        train_config = TrainConfig(epochs=config.epochs, seed=entry["seed"], progress=progress)
         atk = None
         train_set = rest
         if entry["backdoored"]:
@@ -128,7 +135,7 @@ def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: st
                               trigger_options={"size": entry["size"], "position": entry["position"]},
                               target=entry["target"], poison_rate=entry["poison_rate"], seed=entry["seed"])
             train_set = atk.poison(rest, torch.Generator().manual_seed(entry["seed"])).dataset
-        r = _train_and_save(config.architecture, train_set, test, train_config, model_path, atk, entry["name"])
+        r = train_model(config.architecture, train_set, test, train_config, model_path, atk, entry["name"])
         if r.spec_path is not None:
             shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
         record = {**entry, "clean_accuracy": r.metrics["clean_accuracy"],
@@ -145,26 +152,54 @@ def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: st
 
 
 def read_truth(zoo_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(zoo_dir) / "specs" / "truth.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"{str(zoo_dir)!r} is not a zoo folder (no specs/truth.jsonl); build one with "
+    """The validated truth records of a zoo folder: strict JSON objects, model names confined to
+    DIR/models/, no name twice, at least one record."""
+    zoo_dir = Path(zoo_dir)
+    path = zoo_dir / "specs" / "truth.jsonl"
+    if not zoo_dir.is_dir() or not os.path.lexists(path):
+        raise ConfigError(f"{shown(zoo_dir)} is not a zoo folder (no specs/truth.jsonl); build one with "
                           "`backdoor-arena zoo build`")
-    return read_jsonl(path)
+    text = read_text(path, "zoo truth file")
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        what = f"zoo truth file {shown(path)} line {i}"
+        raw = loads_json(line, what)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{what}: each line must be a JSON object, got {type(raw).__name__}")
+        records.append(validate(TruthRecord, raw, what).model_dump())
+    if not records:
+        raise ConfigError(f"zoo truth file {shown(path)} has no records; rebuild the zoo with `backdoor-arena zoo build`")
+    names = [r["name"] for r in records]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"zoo truth file {shown(path)} names model(s) {twice} twice; each model once")
+    return records
 
 
 def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, params: dict[str, Any] | None = None,
                  clean_fraction: float = 0.05, seed: int = 0, fpr: float = 0.05, data_root: str | Path | None = None,
-                 progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+                 progress: bool = True, out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run a model detector on every zoo model; AUROC on its continuous scores, TPR at `fpr`, target accuracy.
 
     Writes DIR/eval-<detector>/{scores.jsonl, summary.json, roc.png} (or into `out`).
     """
     zoo_dir = Path(zoo_dir)
     truth = read_truth(zoo_dir)
+    if not 0 < fpr < 1:
+        raise ConfigError(f"fpr must be in (0, 1), got {fpr!r}")
     det = MODEL_DETECTORS.create(detector, **(params or {}))
-    set_threads()
-    out = Path(out) if out is not None else zoo_dir / f"eval-{detector}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_folder_output(out if out is not None else zoo_dir / f"eval-{detector}", overwrite=overwrite)
+    for rec in truth:  # every model file exists before any detector time is spent
+        check_regular_file(zoo_dir / "models" / f"{rec['name']}.safetensors", "zoo model file", ModelFileError)
+    with output_folder(out):
+        return _evaluate(zoo_dir, truth, det, detector, params, clean_fraction, seed, fpr, data_root, progress, out)
+
+
+def _evaluate(zoo_dir: Path, truth: list[dict[str, Any]], det: Any, detector: str, params: dict[str, Any] | None,
+              clean_fraction: float, seed: int, fpr: float, data_root: Any, progress: bool,
+              out: Path) -> dict[str, Any]:
     rows = []
     held_cache: dict[str, Any] = {}
     for rec in tqdm(truth, desc=f"zoo {detector}", unit="model", disable=not progress):
@@ -184,7 +219,8 @@ def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, param
     summary = summarize(rows, fpr)
     summary.update({"detector": detector, "params": params or {}, "clean_fraction": clean_fraction, "seed": seed,
                     "zoo": str(zoo_dir), "versions": versions()})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    summary = json_safe(summary)  # AUROC is undefined (null) without both classes; never a bare NaN
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True, allow_nan=False))
     plot_roc(out / "roc.png", rows, f"{detector} on {len(rows)} zoo models (AUROC {summary['auroc']:.3f})")
     (out / "scores.md").write_text(markdown_table(
         rows, ["name", "backdoored", "target", "trigger", "size", "position", "score", "flagged", "suspected_target"],
@@ -211,30 +247,3 @@ def summarize(rows: list[dict[str, Any]], fpr: float = 0.05) -> dict[str, Any]:
         "target_accuracy_flagged": (sum(r["suspected_target"] == r["target"] for r in flagged_bad) / len(flagged_bad)
                                     if flagged_bad else float("nan")),
     }
-
-
-def plot_roc(path: str | Path, rows: list[dict[str, Any]], title: str) -> Path:
-    plt = pyplot()
-
-    labels = torch.tensor([r["backdoored"] for r in rows], dtype=torch.long)
-    scores = torch.tensor([r["score"] for r in rows], dtype=torch.float64)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(8, 3.4))
-    if labels.any() and (labels == 0).any():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.step(fpr.numpy(), tpr.numpy(), where="post", lw=2)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set_xlabel("false positive rate (clean models flagged)")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("ROC", fontsize=9)
-    ax.grid(alpha=0.3)
-    for flag, colour, name in ((False, "tab:blue", "clean"), (True, "tab:red", "backdoored")):
-        vals = [r["score"] for r in rows if r["backdoored"] == flag]
-        bx.scatter(vals, [int(flag) + 0.1 * ((i % 5) - 2) / 2 for i in range(len(vals))], c=colour, label=name, s=18)
-    if rows:
-        bx.axvline(rows[0]["threshold"], c="k", ls="--", lw=1, label=f"threshold {rows[0]['threshold']:g}")
-    bx.set_yticks([0, 1], ["clean", "backdoored"])
-    bx.set_xlabel("detector score")
-    bx.set_title("scores per model", fontsize=9)
-    bx.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)

@@ -1,5 +1,5 @@
-"""Removal defenses on model files: `defend` (one defense, one model) and `compare_defenses` (pruning,
-fine-tuning, fine-pruning and DP-SGD training on BadNets and pruning-aware models, table + figures).
+"""Verbs that repair model files: `defend` (one registered mitigation, one model) and `compare_defenses`
+(pruning, fine-tuning, fine-pruning and DP-SGD training on BadNets and pruning-aware models, table + figures).
 
 The defender gets the model file and a clean hold-out of the training split; the attack spec, when
 given, goes to the evaluator only, which measures accuracy and ASR on the test split before and after,
@@ -8,6 +8,7 @@ and along the defense's curve through an opaque `monitor(model) -> metrics` call
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -17,17 +18,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import PoisoningAttack, load_attack_spec
+from ..attacks import PoisoningAttack
 from ..data import load_dataset
 from ..data.dataset import Dataset
 from ..defenses import MITIGATIONS, clean_holdout
-from ..defenses import finetuning as _finetuning  # noqa: F401  (registrations)
-from ..defenses import pruning as _pruning  # noqa: F401  (registrations)
 from ..errors import ConfigError
 from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import Manifest, load_model, save_model
-from ..report import json_safe, markdown_table, pyplot, save_figure, write_jsonl
-from ..runtime import set_threads, versions
+from ..nn_tools import prune_site
+from ..records import Record, json_safe, write_jsonl
+from ..report import markdown_table, plot_comparison, plot_defense_curve
+from ..runtime import versions
+from ..safeio import output_folder
+from .outputs import check_folder_output, check_model_output
+from .results import DefenseResult
+from .training import check_model_fits, spec_for_model
 
 REMOVAL_DEFENSES = ("pruning", "fine-tuning", "fine-pruning")
 METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
@@ -36,9 +41,10 @@ METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 def make_defense(name: str, params: dict[str, Any] | None = None, *, seed: int = 0, progress: bool = False) -> Any:
     """A registered mitigation with keyword parameters (a ConfigError names a parameter it does not take)."""
     params = dict(params or {})
-    if name != "pruning":
-        params.setdefault("seed", seed)
-    params.setdefault("progress", progress)
+    accepted = inspect.signature(MITIGATIONS.get(name)).parameters
+    for key, value in (("seed", seed), ("progress", progress)):
+        if key in accepted:  # not every mitigation draws random numbers or shows progress
+            params.setdefault(key, value)
     return MITIGATIONS.create(name, **params)
 
 
@@ -80,21 +86,23 @@ def defend(
     defense: str, model_path: str | Path, out: str | Path, *, clean_fraction: float = 0.05,
     attack_spec: str | Path | None = None, seed: int = 0, params: dict[str, Any] | None = None,
     curve_samples: int | None = 2000, data_root: str | Path | None = None, progress: bool = True,
-) -> dict[str, Any]:
+    overwrite: bool = False, force: bool = False,
+) -> DefenseResult:
     """Repair a model file with a registered mitigation and write the repaired model file, its curve
-    (PNG + JSONL) beside it; returns `before`/`after` metrics on the test split (ASR with a spec)."""
-    out = Path(out)
-    if out.suffix != ".safetensors" or out.is_dir():
-        raise ConfigError(f"--out must be a file name ending in .safetensors, got {str(out)!r}")
+    (PNG + JSONL) beside it; returns `before`/`after` metrics on the test split (ASR with a spec).
+    Outputs are checked before any work: `out` is never the input model, and replaces an existing file
+    only with `overwrite`."""
+    out = check_model_output(out, inputs=[model_path, attack_spec], side_files=curve_paths(out),
+                             overwrite=overwrite)
     if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction <= 1):
         raise ConfigError(f"--clean-fraction must be in (0, 1], got {clean_fraction!r}")
-    set_threads()
     mitigation = make_defense(defense, params, seed=seed, progress=progress)
     loaded = load_model(model_path)
     m = loaded.manifest
-    atk = load_attack_spec(attack_spec, m.num_classes) if attack_spec is not None else None
+    atk = spec_for_model(attack_spec, m, force)
     train = load_dataset(m.dataset, "train", data_root)
     test = load_dataset(m.dataset, "test", data_root)
+    check_model_fits(m, test)
     _, clean = clean_holdout(train, clean_fraction, seed)
     before = _metrics(loaded.model, test, atk)
     started = time.perf_counter()
@@ -117,62 +125,8 @@ def defend(
     write_jsonl(jsonl, [{"defense": defense, "model": str(model_path), **row} for row in repaired.curve])
     png = plot_defense_curve(png, repaired.curve, defense, title=f"{defense} on {Path(model_path).name}",
                              chosen=info.get("fraction_pruned"))
-    return {"defense": defense, "model": str(model_path), "out": str(out), "curve_png": png and str(png),
-            "curve_jsonl": str(jsonl), "params": mitigation.params(), "clean_samples": len(clean),
-            "before": before, "after": after, "fraction_pruned": info.get("fraction_pruned"),
-            "wall_time_s": round(wall, 3), "tensors_sha256": manifest.tensors_sha256}
-
-
-# -- plots (from curve records) ----------------------------------------------------------------------
-def _plot_prune(ax: Any, rows: list[dict[str, Any]], chosen: float | None, title: str) -> None:
-    x = [r["fraction_pruned"] for r in rows]
-    ax.plot(x, [r["holdout_accuracy"] for r in rows], color="tab:green", ls=":", label="defender's clean set accuracy")
-    if "clean_accuracy" in rows[0]:
-        ax.plot(x, [r["clean_accuracy"] for r in rows], color="tab:blue", label="test clean accuracy")
-    if "attack_success_rate" in rows[0]:
-        ax.plot(x, [r["attack_success_rate"] for r in rows], color="tab:red", ls="--", label="attack success rate")
-    if chosen is not None:
-        ax.axvline(chosen, color="gray", lw=0.8)
-        ax.text(chosen, 0.5, " stop", fontsize=7, color="gray")
-    ax.set_xlabel("fraction of last-conv channels pruned")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=8)
-
-
-def _plot_epochs(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
-    x = [r["epoch"] for r in rows]
-    if "clean_accuracy" in rows[0]:
-        ax.plot(x, [r["clean_accuracy"] for r in rows], color="tab:blue", marker="o", ms=3, label="test clean accuracy")
-    if "attack_success_rate" in rows[0]:
-        ax.plot(x, [r["attack_success_rate"] for r in rows], color="tab:red", ls="--", marker="x", ms=3,
-                label="attack success rate")
-    ax.set_xlabel("fine-tuning epoch")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=8)
-
-
-def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: str, *, title: str = "",
-                       chosen: float | None = None) -> Path | None:
-    """The prune curve (accuracy, ASR vs fraction pruned) and/or the fine-tuning curve (vs epoch); None
-    when the curve has neither (nc-pruning's rows count penultimate neurons: its own plot is in detect)."""
-    prune = [r for r in curve if "fraction_pruned" in r]
-    tune = [r for r in curve if "epoch" in r]
-    panels = [p for p in (prune, tune) if p]
-    if not panels:
-        return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
-    i = 0
-    if prune:
-        _plot_prune(axes[0][i], prune, chosen, f"{title}: pruning")
-        i += 1
-    if tune:
-        _plot_epochs(axes[0][i], tune, f"{title}: fine-tuning" + (" (pruned channels held at 0)" if prune else ""))
-    axes[0][0].set_ylabel("fraction")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    return save_figure(fig, path)
+    return DefenseResult(defense, str(model_path), out, mitigation.params(), len(clean), before, after, png, jsonl,
+                         round(wall, 3), manifest.tensors_sha256, info, seed)
 
 
 # -- the comparison ---------------------------------------------------------------------------------
@@ -196,7 +150,7 @@ def compare_defenses(
     clean_fraction: float = 0.05, seed: int = 0, dp_clip: float = 1.0, dp_noise: float = 0.5, dp_epochs: int = 4,
     dp_batch_size: int = 256, dp_lr: float = 0.1, tune_epochs: int = 10, tune_lr: float = 0.01,
     max_accuracy_drop: float = 0.04, curve_samples: int = 2000, data_root: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Every removal defense on the MNIST BadNets model (pattern trigger, target 7, 10%), on the MNIST
     pruning-aware attack, DP-SGD training on the same poisoned MNIST data, and with `gtsrb` on the GTSRB
@@ -204,12 +158,21 @@ def compare_defenses(
 
     Model files given by path are reused (with their `.attack.json`); missing ones are trained into
     `out_dir/models/`."""
-    from .. import api
+    out_dir = check_folder_output(out_dir, inputs=[mnist_model, mnist_clean_model, gtsrb_model], overwrite=overwrite)
+    with output_folder(out_dir):
+        return _compare(out_dir, gtsrb, mnist_model, mnist_clean_model, gtsrb_model, epochs, clean_fraction, seed,
+                        dp_clip, dp_noise, dp_epochs, dp_batch_size, dp_lr, tune_epochs, tune_lr, max_accuracy_drop,
+                        curve_samples, data_root, progress, overwrite)
 
-    out_dir = Path(out_dir)
+
+def _compare(out_dir: Path, gtsrb: bool, mnist_model: Any, mnist_clean_model: Any, gtsrb_model: Any, epochs: int,
+             clean_fraction: float, seed: int, dp_clip: float, dp_noise: float, dp_epochs: int, dp_batch_size: int,
+             dp_lr: float, tune_epochs: int, tune_lr: float, max_accuracy_drop: float, curve_samples: int,
+             data_root: Any, progress: bool, overwrite: bool) -> dict[str, Any]:
+    from .training import attack as attack_verb
+
     models_dir = out_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    set_threads()
     started = time.perf_counter()
     mnist = {"dataset": "mnist", "model": "badnet-mnist", "epochs": epochs, "seed": seed, "target": 7,
              "trigger": "pattern", "poison_rate": 0.1, "data_root": data_root, "progress": progress}
@@ -218,7 +181,7 @@ def compare_defenses(
 
     def trained(name: str, **kw: Any) -> tuple[Path, Path, dict[str, Any]]:
         t = time.perf_counter()
-        r = api.attack(out=models_dir / f"{name}.safetensors", **kw)
+        r = attack_verb(out=models_dir / f"{name}.safetensors", overwrite=overwrite, **kw)
         training_times[name] = time.perf_counter() - t
         return r.path, r.spec_path, r.manifest.training
 
@@ -247,7 +210,7 @@ def compare_defenses(
     curves: list[dict[str, Any]] = []
     for name, (path, spec, training) in subjects.items():
         loaded = load_model(path)
-        atk = load_attack_spec(spec)
+        atk = spec_for_model(spec, loaded.manifest)
         train = load_dataset(loaded.manifest.dataset, "train", data_root)
         test = load_dataset(loaded.manifest.dataset, "test", data_root)
         _, clean = clean_holdout(train, clean_fraction, seed)
@@ -277,9 +240,15 @@ def compare_defenses(
               "dp_noise": dp_noise, "dp_epochs": dp_epochs, "dp_batch_size": dp_batch_size, "dp_lr": dp_lr,
               "tune_epochs": tune_epochs, "tune_lr": tune_lr, "max_accuracy_drop": max_accuracy_drop,
               "curve_samples": curve_samples, "models": {k: str(v[0]) for k, v in subjects.items()}}
-    common = {"scenario": "removal-defenses", "seed": seed, "versions": versions()}
-    write_jsonl(out_dir / "records.jsonl", [{**common, "kind": "result", **r} for r in rows]
-                + [{**common, "kind": "curve", **c} for c in curves])
+    def record(kind: str, row: dict[str, Any]) -> Record:
+        metrics = {k: row[k] for k in (*METRIC_KEYS, "wall_time_s") if k in row}
+        if "wall_time_s" in metrics:
+            metrics["wall_s"] = metrics.pop("wall_time_s")
+        rest = {k: v for k, v in row.items() if k not in metrics and k != "wall_time_s"}
+        return Record("defend-compare", config, seed, metrics, {"scenario": "removal-defenses", "kind": kind, **rest},
+                      versions())
+
+    write_jsonl(out_dir / "records.jsonl", [record("result", r) for r in rows] + [record("curve", c) for c in curves])
     table = markdown_table(rows, COLUMNS, FORMATS)
     (out_dir / "summary.md").write_text(table)
     summary = {"config": config, "rows": rows, "wall_time_s": time.perf_counter() - started, "versions": versions()}
@@ -289,8 +258,6 @@ def compare_defenses(
 
 
 def _channels(model: nn.Module) -> int:
-    from ..defenses.pruning import prune_site
-
     return prune_site(model).channels
 
 
@@ -307,39 +274,3 @@ def _timed(fn: Callable[[nn.Module], dict[str, float]]) -> tuple[Callable[[nn.Mo
     return wrapped, spent
 
 
-def plot_comparison(out_dir: Path, rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> list[Path]:
-    """prune-curves.png, finetune-curves.png and summary.png, from the records."""
-    plt = pyplot()
-    paths = []
-    models = list(dict.fromkeys(r["model"] for r in curves))
-    if models:
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.3), squeeze=False)
-        for ax, model in zip(axes[0], models, strict=True):
-            prune = [c for c in curves if c["model"] == model and c["defense"] == "pruning"]
-            chosen = next((r["fraction_pruned"] for r in rows if r["model"] == model and r["defense"] == "pruning"), None)
-            _plot_prune(ax, prune, chosen, model)
-        axes[0][0].set_ylabel("fraction")
-        axes[0][0].legend(fontsize=7, loc="lower left")
-        paths.append(save_figure(fig, out_dir / "prune-curves.png"))
-
-        fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 5.8), squeeze=False)
-        for j, model in enumerate(models):
-            for i, defense in enumerate(("fine-tuning", "fine-pruning")):
-                tune = [c for c in curves if c["model"] == model and c["defense"] == defense and "epoch" in c]
-                _plot_epochs(axes[i][j], tune, f"{model}: {defense}")
-        axes[0][0].legend(fontsize=7, loc="center right")
-        paths.append(save_figure(fig, out_dir / "finetune-curves.png"))
-
-    labels = [f"{r['model']}\n{r['defense']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 3.6))
-    x = torch.arange(len(rows)).float()
-    ax.bar((x - 0.2).tolist(), [r["clean_accuracy"] for r in rows], width=0.4, color="tab:blue", label="clean accuracy")
-    ax.bar((x + 0.2).tolist(), [r.get("attack_success_rate", 0.0) for r in rows], width=0.4, color="tab:red",
-           label="attack success rate")
-    ax.set_xticks(x.tolist())
-    ax.set_xticklabels(labels, fontsize=6, rotation=60, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
-    paths.append(save_figure(fig, out_dir / "summary.png"))
-    return paths

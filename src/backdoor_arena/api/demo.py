@@ -4,43 +4,67 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import api
-from .attacks import load_attack_spec
-from .data import load_dataset
-from .data.dataset import to_float
-from .metrics import evaluate, predict
-from .modelfile import load_model
-from .report import markdown_table, plot_examples, plot_training_curves, write_jsonl
-from .runtime import versions
+from ..attacks import load_attack_spec
+from ..data import load_dataset
+from ..data.dataset import to_float
+from ..metrics import evaluate, predict
+from ..modelfile import load_model
+from ..records import Record, write_jsonl
+from ..report import markdown_table, plot_examples, plot_training_curves
+from ..runtime import versions
+from ..safeio import output_folder
+from . import training
+from .outputs import check_folder_output
 
 TARGET = 7
 
 
-def run_demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's report folder, its summary (summary.json) and the records (records.jsonl)."""
+
+    out: Path
+    summary: dict[str, Any]
+    records: list[Record]
+    lines: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary, "out": str(self.out)}
+
+
+def demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str | Path | None = None,
+         progress: bool = True, overwrite: bool = False) -> DemoResult:
+    """Train a clean and a BadNets MNIST model, evaluate both, write a report folder (JSON + PNG); an
+    existing non-empty folder is written into only with `overwrite`."""
+    out = check_folder_output(out, overwrite=overwrite)
+    with output_folder(out):
+        return _demo(out, epochs, seed, data_root, progress)
+
+
+def _demo(out: Path, epochs: int, seed: int, data_root: str | Path | None, progress: bool) -> DemoResult:
     started = time.perf_counter()
     common = {"epochs": epochs, "seed": seed, "data_root": data_root, "progress": progress}
-    clean = api.train("mnist", "badnet-mnist", out / "clean.safetensors", **common)
-    bad = api.attack("badnets", "mnist", "badnet-mnist", out / "badnets.safetensors", target=TARGET,
+    clean = training.train("mnist", "badnet-mnist", out / "clean.safetensors", overwrite=True, **common)
+    bad = training.attack("badnets", "mnist", "badnet-mnist", out / "badnets.safetensors", target=TARGET,
                      trigger="pattern", trigger_options={"size": 3, "position": "bottom-right"},
-                     poison_rate=0.1, injection="append", **common)
+                     poison_rate=0.1, injection="append", overwrite=True, **common)
     attack = load_attack_spec(bad.spec_path)
     test = load_dataset("mnist", "test", data_root)
     models = {"clean": load_model(clean.path).model, "badnets": load_model(bad.path).model}
 
+    config = {"dataset": "mnist", "architecture": "badnet-mnist", "epochs": epochs, "attack": "badnets",
+              "trigger": "pattern", "trigger_size": 3, "target": TARGET, "poison_rate": 0.1}
     records = []
     for name, model in models.items():
         r = evaluate(model, test, attack)
-        for metric in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
-            records.append({"scenario": "demo", "model": name, "dataset": "mnist", "architecture": "badnet-mnist",
-                            "seed": seed, "epochs": epochs, "metric": metric, "value": r[metric]})
+        metrics = {k: r[k] for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")}
+        records.append(Record("demo", config, seed, metrics, {"scenario": "demo", "model": name}, versions()))
     write_jsonl(out / "records.jsonl", records)
 
     # Example predictions: the first test image of every class other than the target.
@@ -56,8 +80,7 @@ def run_demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str 
     plot_examples(out / "examples.png", clean_x, trig_x, examples, list(models), test.info.class_names)
     plot_training_curves(out / "training.png", {"clean": clean.history, "badnets": bad.history})
 
-    table_rows = [{"model": name, **{r["metric"]: r["value"] for r in records if r["model"] == name}}
-                  for name in models]
+    table_rows = [{"model": r.subject["model"], **r.metrics} for r in records]
     table = markdown_table(table_rows, ["model", "clean_accuracy", "attack_success_rate", "robust_accuracy"],
                            {k: ".4f" for k in ("clean_accuracy", "attack_success_rate", "robust_accuracy")})
     wall = time.perf_counter() - started
@@ -71,4 +94,4 @@ def run_demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str 
         f"![examples](examples.png)\n\n![training](training.png)\n\nWall time {wall:.1f} s.\n"
     )
     lines = [table.rstrip(), f"report written to {out}/ ({wall:.0f} s)"]
-    return {**summary, "lines": lines}
+    return DemoResult(out, summary, records, lines)

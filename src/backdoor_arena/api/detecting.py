@@ -1,0 +1,190 @@
+"""Verbs that inspect model files: `detect` (one registered detector of any kind) and `scan` (every model-level
+detector on one model).
+
+The detector sees the model and a clean hold-out of the training split of the model's dataset (never the
+test split, never the attack spec). An attack spec, when given, is read by the *evaluator* only: to build
+triggered test inputs (input detectors: FAR) or the poisoned training set (data filters: precision/recall).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import load_dataset
+from ..data.dataset import Dataset, to_float
+from ..defenses import DATA_FILTERS, INPUT_DETECTORS, MODEL_DETECTORS, clean_holdout
+from ..detection_metrics import auroc, far_frr, precision_recall
+from ..errors import ConfigError, IncompatibleError
+from ..metrics import evaluate as evaluate_metrics
+from ..modelfile import load_model
+from ..registries import detector_kind
+from ..report import plot_reversed_triggers, plot_score_histograms
+from ..safeio import atomic_write_text, output_folder
+from .outputs import check_folder_output
+from .results import DetectionResult, ScanResult
+from .training import check_model_fits, spec_for_model
+
+_REGISTRIES = {"model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}
+
+
+def _create(kind: str, name: str, params: dict[str, Any], progress: bool) -> Any:
+    factory = _REGISTRIES[kind].get(name)
+    if "progress" in inspect.signature(factory).parameters:  # detectors that can show progress do
+        params.setdefault("progress", progress)
+    return _REGISTRIES[kind].create(name, **params)
+
+
+def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | None = None,
+           params: dict[str, Any] | None = None, clean_fraction: float = 0.05, seed: int = 0,
+           clean_dataset: str | None = None, n_eval: int = 1000, retrain_epochs: int = 0,
+           out: str | Path | None = None, data_root: str | Path | None = None,
+           progress: bool = True, overwrite: bool = False, force: bool = False) -> DetectionResult:
+    """Run one detector on a model file; writes OUT/DETECTOR.json and figures into `out` when given (an
+    existing non-empty folder only with `overwrite`; a folder made here is removed again if the run fails)."""
+    if out is None:
+        return _detect(detector, model_path, attack_spec, params, clean_fraction, seed, clean_dataset, n_eval,
+                       retrain_epochs, None, data_root, progress, force)
+    out = check_folder_output(out, inputs=[model_path, attack_spec], overwrite=overwrite)
+    with output_folder(out):
+        return _detect(detector, model_path, attack_spec, params, clean_fraction, seed, clean_dataset, n_eval,
+                       retrain_epochs, out, data_root, progress, force)
+
+
+def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | None, params: dict[str, Any] | None,
+            clean_fraction: float, seed: int, clean_dataset: str | None, n_eval: int, retrain_epochs: int,
+            out: Path | None, data_root: str | Path | None, progress: bool, force: bool = False) -> DetectionResult:
+    kind = detector_kind(detector)
+    params = dict(params or {})
+    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 1:
+        raise ConfigError(f"n_eval must be a positive integer, got {n_eval!r}")
+    if not isinstance(retrain_epochs, int) or retrain_epochs < 0:
+        raise ConfigError(f"retrain_epochs must be a non-negative integer, got {retrain_epochs!r}")
+    det = _create(kind, detector, params, progress)
+    loaded = load_model(model_path)
+    m = loaded.manifest
+    if clean_dataset is not None and clean_dataset != m.dataset:
+        raise IncompatibleError(f"the model was trained on {m.dataset!r} but the clean set is from "
+                                f"{clean_dataset!r}; use --clean-dataset {m.dataset}")
+    atk = spec_for_model(attack_spec, m, force)
+    train = load_dataset(m.dataset, "train", data_root)
+    check_model_fits(m, train)
+    _rest, held = clean_holdout(train, clean_fraction, seed)
+    started = time.perf_counter()
+    values: dict[str, Any] = {}
+    figure = None
+    if kind == "model":
+        v = det.inspect(loaded.model, held)
+        values.update({"score": v.score, "flagged": v.flagged, "threshold": v.threshold,
+                       "suspected_target": v.suspected_target, **{k: x for k, x in v.details.items() if k != "params"}})
+        if out is not None and {"masks", "patterns"} <= set(v.artefacts):
+            figure = plot_reversed_triggers(out / "reversed_triggers.png", v.artefacts["masks"],
+                                            v.artefacts["patterns"], torch.tensor(v.details["norms"]),
+                                            list(m.class_names), v.details.get("smallest_norm_label"))
+        if atk is not None:
+            values["true_target"] = atk.target
+    elif kind == "input":
+        det.fit(loaded.model, held)
+        values.update(_evaluate_input_detector(det, m.dataset, atk, n_eval, seed, data_root, out))
+        figure = values.pop("figure", None)
+    else:
+        values.update(_run_data_filter(det, loaded.model, train, atk, retrain_epochs, m, data_root, progress))
+    params.pop("progress", None)
+    result = DetectionResult(detector, kind, str(model_path), m.dataset, len(held), seed, params, values,
+                             round(time.perf_counter() - started, 3), figure)
+    if out is not None:
+        atomic_write_text(out / f"{detector}.json", json.dumps(result.to_dict(), indent=1, sort_keys=True))
+    return result
+
+
+def _evaluate_input_detector(det: Any, dataset: str, atk: Any, n_eval: int, seed: int, data_root: Any,
+                             out: Path | None) -> dict[str, Any]:
+    """FRR on clean test inputs; with an attack spec, FAR on triggered ones (inputs the backdoor applies to)."""
+    test = load_dataset(dataset, "test", data_root)
+    g = torch.Generator().manual_seed(seed + 1)
+    pick = torch.randperm(len(test), generator=g)[:n_eval]
+    clean_x = to_float(test.images[pick])
+    t0 = time.perf_counter()
+    clean_scores = det.score(clean_x)
+    rate = len(clean_x) / (time.perf_counter() - t0)
+    res: dict[str, Any] = {"threshold": det.threshold, "frr": float((clean_scores > det.threshold).double().mean()),
+                           "inputs_per_second": rate, "n_clean_eval": len(clean_x)}
+    trig_scores = None
+    if atk is not None:
+        eligible = torch.nonzero(atk.eligible(test.labels[pick])).flatten()
+        trig_x = atk.apply_trigger(clean_x[eligible])
+        trig_scores = det.score(trig_x)
+        far, frr = far_frr(clean_scores, trig_scores, det.threshold)
+        labels = torch.cat([torch.zeros(len(clean_scores)), torch.ones(len(trig_scores))])
+        res.update({"far": far, "frr": frr, "n_triggered_eval": len(trig_x),
+                    "auroc": auroc(labels, torch.cat([clean_scores, trig_scores]))})
+    if out is not None:
+        res["figure"] = plot_score_histograms(out / f"{type(det).__name__.lower()}_hist.png", det.threshold,
+                                              clean_scores, trig_scores,
+                                              entropy_scale=getattr(det, "score_scale", "") == "negative-entropy")
+    return res
+
+
+def poisoned_training_set(atk: Any, train: Dataset) -> tuple[Dataset, torch.Tensor]:
+    """The training set `backdoor-arena attack` trained on (the spec's seed draws the same poisons)."""
+    p = atk.poison(train, torch.Generator().manual_seed(atk.seed))
+    return p.dataset, p.poisoned_mask
+
+
+def _run_data_filter(filt: Any, model: torch.nn.Module, train: Dataset, atk: Any, retrain_epochs: int,
+                     manifest: Any, data_root: Any, progress: bool) -> dict[str, Any]:
+    data, truth = (poisoned_training_set(atk, train) if atk is not None
+                   else (train, torch.zeros(len(train), dtype=torch.bool)))
+    scores = filt.score(model, data)
+    flagged = filt.flag(model, data, scores)
+    res: dict[str, Any] = {"n_samples": len(data), "n_removed": int(flagged.sum()),
+                           "training_set": "poisoned (rebuilt from the attack spec)" if atk else "clean train split"}
+    if atk is not None:
+        precision, recall = precision_recall(flagged, truth)
+        in_target = data.labels == atk.target
+        p_t, r_t = precision_recall(flagged[in_target], truth[in_target])
+        res.update({"n_poisoned": int(truth.sum()), "removal_precision": precision, "removal_recall": recall,
+                    "target_class_precision": p_t, "target_class_recall": r_t,
+                    "auroc": auroc(truth.long(), scores)})
+    if retrain_epochs:
+        from ..train import TrainConfig, create_model, fit
+
+        kept = data.subset(torch.nonzero(~flagged).flatten())
+        net, _ = create_model(manifest.architecture, data.info, manifest.training.get("seed", 0))
+        fit(net, kept, TrainConfig(epochs=retrain_epochs, seed=manifest.training.get("seed", 0), progress=progress),
+            description="retrain")
+        after = evaluate_metrics(net, load_dataset(manifest.dataset, "test", data_root), atk)
+        res.update({"retrain_epochs": retrain_epochs, "retrained_clean_accuracy": after["clean_accuracy"],
+                    "retrained_attack_success_rate": after.get("attack_success_rate")})
+    return res
+
+
+def scan(model_path: str | Path, out: str | Path, *, params: dict[str, dict[str, Any]] | None = None,
+         clean_fraction: float = 0.05, seed: int = 0, data_root: str | Path | None = None,
+         progress: bool = True, overwrite: bool = False) -> ScanResult:
+    """Every model-level detector on one model; one report (scan.json + PNGs) in `out`.
+    `params` maps a detector name to its parameters."""
+    params = params or {}
+    unknown = sorted(set(params) - set(MODEL_DETECTORS.names()))
+    if unknown:
+        raise ConfigError(f"scan: parameters for unknown model detectors {unknown}; known: "
+                          f"{', '.join(MODEL_DETECTORS.names())}")
+    bad = {k: v for k, v in params.items() if not isinstance(v, dict)}
+    if bad:
+        raise ConfigError(f"scan: the parameters of each detector must be a table of key=value, got {bad}")
+    out = check_folder_output(out, inputs=[model_path], overwrite=overwrite)
+    with output_folder(out):
+        results = {name: _detect(name, model_path, None, params.get(name), clean_fraction, seed, None, 1000, 0, out,
+                                 data_root, progress) for name in MODEL_DETECTORS.names()}
+        result = ScanResult(str(model_path), results, out / "scan.json")
+        report = result.to_dict()
+        report.pop("report")
+        atomic_write_text(result.report, json.dumps(report, indent=1, sort_keys=True))
+    return result
+
+

@@ -1,1 +1,0 @@
-"""Experiments: scenarios that run components side by side and write records, tables and figures."""

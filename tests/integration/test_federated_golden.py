@@ -1,0 +1,47 @@
+"""Behaviour unchanged by the round pipeline: `fl run configs/fl/quick.toml federation.engine="sequential"
+federation.rounds=6`, recorded before the architecture step (tests/golden/fl-quick-seq6.records.jsonl, under
+the old names main_accuracy / backdoor_accuracy), gives the same numbers bit for bit.
+
+The golden run used 2 CPU threads (the CLI's default on the 2-core machine): float summation order depends on
+the thread count, so this test runs with exactly 2 threads and restores the caller's setting afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backdoor_arena.federated import config, simulation
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden" / "fl-quick-seq6.records.jsonl"
+RENAMED = {"main_accuracy": "clean_accuracy", "backdoor_accuracy": "attack_success_rate"}
+COMPARED = ["main_accuracy", "backdoor_accuracy", "benign_norm_p50", "benign_norm_p90", "benign_norm_p99",
+            "aggregate_norm", "malicious_norms", "malicious_clients", "sampled_clients"]
+GOLDEN_THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def records(data_root):
+    previous, env = torch.get_num_threads(), pytest.MonkeyPatch()
+    env.setenv("BACKDOOR_ARENA_THREADS", str(GOLDEN_THREADS))  # for any layer below that still reads it
+    torch.set_num_threads(GOLDEN_THREADS)
+    try:
+        sc = config.load_scenario(REPO / "configs" / "fl" / "quick.toml",
+                                  ['federation.engine="sequential"', "federation.rounds=6"])
+        yield simulation.simulate(sc, progress=False, data_root=data_root).records
+    finally:
+        torch.set_num_threads(previous)
+        env.undo()
+
+
+def test_every_round_equals_the_golden_records(records):
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines() if line.strip()]
+    assert [r["round"] for r in records] == [g["round"] for g in golden] == list(range(7))
+    for g, r in zip(golden, records, strict=True):
+        assert r["phase"] == g["phase"]
+        for key in COMPARED:
+            if key in g:  # round 0 has no sampled clients nor aggregate
+                assert r[RENAMED.get(key, key)] == g[key], (g["round"], key)
