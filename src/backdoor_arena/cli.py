@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         api.set_threads()  # the one process-wide setting, applied once here
         app = build_app()
-        app(args=args, prog_name="backdoor-arena", standalone_mode=False)
+        code = app(args=args, prog_name="backdoor-arena", standalone_mode=False)
+        # typer returns (rather than raises) an exit code in non-standalone mode; Ctrl-C arrives as 130
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except api.ArenaError as exc:
         typer.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)

@@ -41,6 +41,8 @@ def check_regular_file(path: str | os.PathLike[str], what: str, error: type[Aren
         raise error(f"{what} {shown(p)} cannot be read (permission denied)") from None
     except OSError as exc:
         raise error(f"{what} {shown(p)} cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the path
+        raise error(f"{what} {shown(p)} is not a valid path (it holds a NUL character)") from None
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{what} {shown(p)} is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):

@@ -26,6 +26,10 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 5
@@ -49,11 +53,13 @@ class TrainConfig:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive, got {self.lr!r}")
-        if not 0 <= self.momentum < 1:
+        if not (_number(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite positive number, got {self.lr!r}")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63):
+            problems.append(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not (_number(self.momentum) and 0 <= self.momentum < 1):
             problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
+        if not (_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if problems:
             raise ConfigError("; ".join(problems))

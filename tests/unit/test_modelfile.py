@@ -286,7 +286,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tests.fuzz_modelfile import MUTATIONS, check_outcome, mutate  # noqa: E402
 
-
 _VALID: list = []
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..federated import config as fl_config
 from ..federated import simulation
+from ..federated.pipeline import FederationCache, check_scenario_data
 from ..safeio import output_folder
 from .outputs import check_folder_output
 
@@ -22,5 +23,7 @@ def fl_run(scenario: str | Path, out: str | Path, overrides: list[str] | None = 
     ("" for a scenario without variants). An existing non-empty `out` is written into only with `overwrite`."""
     sc = fl_config.load_scenario(Path(scenario), list(overrides or []))
     out = check_folder_output(out, inputs=[scenario], overwrite=overwrite)
+    cache = FederationCache()
+    check_scenario_data(sc, data_root, cache)  # every variant's counts against the data, before any training
     with output_folder(out):
-        return simulation.run_scenario(sc, out, progress=progress, data_root=data_root)
+        return simulation.run_scenario(sc, out, progress=progress, data_root=data_root, cache=cache)

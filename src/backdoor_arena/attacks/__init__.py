@@ -8,7 +8,7 @@ Every attack writes a JSON attack spec that the evaluator sees and defenders nev
 with the pydantic schemas each class declares (`spec_schema`; schemas.py): one error line per bad spec.
 """
 
-from .model_attack import MODEL_ATTACKS, ModelAttack, TrainFn
+from .model_attack import ModelAttack, TrainFn
 from .poisoning import (
     ATTACKS,
     DATASET_PARAMS,
@@ -22,6 +22,7 @@ from .poisoning import (
     make_attack,
 )
 from .pruning_aware import PruningAwareAttack
+from .registries import MODEL_ATTACKS
 
 __all__ = [
     "ATTACKS", "DATASET_PARAMS", "MODEL_ATTACKS", "SPEC_VERSION", "BadNets", "Blended", "ModelAttack", "Poisoned",

@@ -36,8 +36,9 @@ from ..nn_tools import (
 )
 from ..schemas import PruningAwareSpec, Strict, json_form, validate
 from ..train import TrainConfig, TrainHistory, create_model, fit
-from .model_attack import MODEL_ATTACKS, TrainFn
+from .model_attack import TrainFn
 from .poisoning import PoisoningAttack, attack_from_spec
+from .registries import MODEL_ATTACKS
 
 NAME = "pruning-aware"
 
