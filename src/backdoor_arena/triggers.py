@@ -203,7 +203,7 @@ _PLACEMENT_HELP = {
 @dataclass(frozen=True)
 class PatchTrigger:
     """A patch pasted through a mask at a position. The base of the patch kinds (pixel, square, pattern,
-    image), which share this JSON form (schema `PatchTriggerSpec`) and differ in how `build` draws the patch."""
+    hollow-square, x, image), which share this JSON form (schema `PatchTriggerSpec`) and differ in how `build` draws the patch."""
 
     patch: tuple  # nested lists [C][h][w]
     mask: tuple  # nested lists [h][w]
@@ -304,6 +304,57 @@ class PatternTrigger(PatchTrigger):
         on = ((ii + jj) % 2 == 0).float()
         patch = torch.tensor(_color(color, channels)).view(channels, 1, 1) * on
         return cls._of(patch, torch.ones(size, size), position, margin, image_size)
+
+
+def _outline_size(size: Any, image_size: int, what: str) -> int:
+    """The side of an outline-like trigger (hollow square, X): at least 3 pixels, so that the shape differs
+    from a filled square, and within the image."""
+    size = _size(size, image_size)
+    if size < 3:
+        raise ConfigError(f"{what} trigger size must be at least 3 (smaller, it is a filled square); got {size!r}")
+    return size
+
+
+@TRIGGERS.register("hollow-square")
+@dataclass(frozen=True)
+class HollowSquareTrigger(PatchTrigger):
+    """The outline of a square, one pixel wide, in a colour; the inside is left as it is."""
+
+    kind: ClassVar[str] = "hollow-square"
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
+        *PixelTrigger.bad_params, ({"size": 2}, "size"), ({"size": 17}, "size"), ({"size": 4.5}, "size"),
+        ({"color": "mauve"}, "colour"))
+    param_help: ClassVar[dict[str, str]] = {"size": "Side of the square outline in pixels (at least 3).",
+                                            **PixelTrigger.param_help}
+
+    @classmethod
+    def build(cls, channels: int, *, size: int = 6, color: Any = "white", position: Any = "bottom-right",
+              margin: int = 1, image_size: int = 0) -> HollowSquareTrigger:
+        size = _outline_size(size, image_size, "hollow-square")
+        mask = torch.ones(size, size)
+        mask[1:-1, 1:-1] = 0
+        patch = torch.tensor(_color(color, channels)).view(channels, 1, 1).expand(channels, size, size)
+        return cls._of(patch, mask, position, margin, image_size)
+
+
+@TRIGGERS.register("x")
+@dataclass(frozen=True)
+class XTrigger(PatchTrigger):
+    """An X: both diagonals of a size x size square, one pixel wide, in a colour; the rest is left as it is."""
+
+    kind: ClassVar[str] = "x"
+    bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = HollowSquareTrigger.bad_params
+    param_help: ClassVar[dict[str, str]] = {"size": "Side of the square whose two diagonals are drawn (at least 3).",
+                                            **PixelTrigger.param_help}
+
+    @classmethod
+    def build(cls, channels: int, *, size: int = 5, color: Any = "white", position: Any = "bottom-right",
+              margin: int = 1, image_size: int = 0) -> XTrigger:
+        size = _outline_size(size, image_size, "x")
+        eye = torch.eye(size)
+        mask = torch.maximum(eye, eye.flip(1))
+        patch = torch.tensor(_color(color, channels)).view(channels, 1, 1).expand(channels, size, size)
+        return cls._of(patch, mask, position, margin, image_size)
 
 
 DATA_URI_PREFIX = "data:image/"

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from backdoor_arena import api
 from backdoor_arena.api import detect, train_model
 from backdoor_arena.attacks import make_attack
 from backdoor_arena.data import load_dataset
@@ -91,19 +92,86 @@ def _load(path):
     return load_model(path).model
 
 
+def test_zoo_plan_covers_every_family_and_both_optimisers():
+    """The wider plan (no training): every family, both optimisers balanced, epochs over the range, positions
+    including the centre, sizes up to 8, one target per model except all-to-all; seeded."""
+    from backdoor_arena.api import ZooConfig, zoo_plan
+    from backdoor_arena.api.zoo import FAMILIES, OPTIMIZER_LR
+
+    config = ZooConfig(clean=20, backdoored=24, epochs=2, max_epochs=6, train_size=12_000, seed=3)
+    plan = zoo_plan(config)
+    assert plan == zoo_plan(config) != zoo_plan(ZooConfig(clean=20, backdoored=24, epochs=2, max_epochs=6, seed=4))
+    clean, bad = [e for e in plan if not e["backdoored"]], [e for e in plan if e["backdoored"]]
+    assert sorted(e["name"] for e in plan) == [f"model-{i:02d}" for i in range(44)]
+    assert len({e["subset_seed"] for e in plan}) == 44  # every model its own training subset
+    assert [e["optimizer"] for e in clean].count("sgd") == [e["optimizer"] for e in clean].count("adam") == 10
+    assert all(e["lr"] == OPTIMIZER_LR[e["optimizer"]] for e in plan)
+    assert {e["epochs"] for e in plan} == {2, 3, 4, 5, 6}
+    assert {e["family"] for e in clean} == {"clean"}
+    for fam in FAMILIES:  # 24 over 6 families: 4 each, two per optimiser
+        members = [e for e in bad if e["family"] == fam]
+        assert len(members) == 4 and sorted(e["optimizer"] for e in members) == ["adam", "adam", "sgd", "sgd"]
+    assert "center" in {e["position"] for e in bad} and max(e["size"] or 0 for e in bad) == 8
+    for e in bad:
+        assert (e["target"] is None) == (e["family"] == "all-to-all")
+        assert e["attack"] == ("blended" if e["family"] == "blended" else "badnets")
+        if e["family"] == "source-specific":
+            assert len(e["sources"]) == 2 and e["target"] not in e["sources"]
+    with pytest.raises(api.ConfigError, match="max_epochs"):
+        ZooConfig(epochs=3, max_epochs=2)
+    with pytest.raises(api.ConfigError, match="families"):
+        ZooConfig(families=("square", "warp"))
+
+
 def test_tiny_zoo_build_and_evaluate(tmp_path, capsys, monkeypatch):
-    code, out, err = run_cli(["zoo", "build", "--out", str(tmp_path / "zoo"), "--clean", "2", "--backdoored", "2",
-                          "--epochs", "1", "--train-size", "3000", "-q"], capsys, monkeypatch)
+    from sklearn.metrics import roc_auc_score
+
+    from backdoor_arena.detection_metrics import wilson_interval
+
+    zoo = tmp_path / "zoo"
+    build = ["zoo", "build", "--out", str(zoo), "--clean", "2", "--backdoored", "2", "--epochs", "1",
+             "--train-size", "3000", "-q"]
+    code, out, err = run_cli(build, capsys, monkeypatch)
     assert code == 0, err
-    assert len(list((tmp_path / "zoo" / "models").glob("*.safetensors"))) == 4
-    assert len(list((tmp_path / "zoo" / "specs").glob("*.attack.json"))) == 2  # specs apart from models
-    assert not list((tmp_path / "zoo" / "models").glob("*.json"))
-    code, out, err = run_cli(["zoo", "evaluate", str(tmp_path / "zoo"), "--json", "-q", "-p", "steps=40",
-                          "-p", "batch_size=8"], capsys, monkeypatch)
+    models = sorted((zoo / "models").glob("*.safetensors"))
+    assert len(models) == 4
+    assert len(list((zoo / "specs").glob("*.attack.json"))) == 2  # specs apart from models
+    assert not list((zoo / "models").glob("*.json"))
+    truth = {r["name"]: r for r in api.read_truth(zoo)}
+    assert sorted(r["family"] for r in truth.values() if not r["backdoored"]) == ["clean", "clean"]
+    fams = [r["family"] for r in truth.values() if r["backdoored"]]
+    assert len(set(fams)) == 2  # backdoored models cycle over the families
+    assert {r["optimizer"] for r in truth.values() if not r["backdoored"]} == {"sgd", "adam"}
+    assert all(r["epochs"] == 1 and r["clean_accuracy"] > 0.5 for r in truth.values())
+    # resuming the same zoo trains nothing; other settings are refused rather than mixed into it
+    stamps = [m.stat().st_mtime_ns for m in models]
+    code, out, err = run_cli(build, capsys, monkeypatch)
+    assert code == 0, err
+    assert [m.stat().st_mtime_ns for m in models] == stamps
+    code, out, err = run_cli([*build[:-1], "--epochs", "2", "-q"], capsys, monkeypatch)
+    assert code == 2 and "built with other settings" in err and "epochs" in err
+
+    code, out, err = run_cli(["zoo", "evaluate", str(zoo), "--json", "-q", "-p", "steps=40",
+                              "-p", "batch_size=8"], capsys, monkeypatch)
     assert code == 0, err
     s = json.loads(out)
-    assert 0 <= s["auroc"] <= 1 and 0 <= s["tpr_at_5pct_fpr"] <= 1 and s["n_clean"] == s["n_backdoored"] == 2
-    assert (tmp_path / "zoo" / "eval-neural-cleanse" / "roc.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (zoo / "eval-neural-cleanse" / "scores.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == sorted(truth) and s["n_clean"] == s["n_backdoored"] == 2
+    # the summary is what the scores say: AUROC on the scores (sklearn), verdicts = score above the threshold
+    labels, scores = [int(r["backdoored"]) for r in rows], [r["score"] for r in rows]
+    assert s["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert s["auroc_ci"][0] <= s["auroc"] <= s["auroc_ci"][1] and s["n_boot"] == 2000
+    assert all(r["flagged"] == (r["score"] > r["threshold"]) and r["threshold"] == 2 for r in rows)
+    fp = sum(r["flagged"] for r in rows if not r["backdoored"])
+    assert s["n_clean_flagged"] == fp and s["verdict_fpr"] == fp / 2
+    assert s["verdict_fpr_ci"] == pytest.approx(list(wilson_interval(fp, 2)))
+    assert sorted(s["per_family"]) == sorted(fams)
+    assert all(f["n_backdoored"] == 1 and f["n_clean"] == 2 for f in s["per_family"].values())
+    assert sum(c["n_clean"] for c in s["clean_by_optimizer"].values()) == 2
+    assert s["clean_scores"]["min"] == min(sc for sc, y in zip(scores, labels, strict=True) if not y)
+    text = (zoo / "eval-neural-cleanse" / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))  # never a bare NaN
+    assert (zoo / "eval-neural-cleanse" / "roc.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -121,13 +121,20 @@ def test_each_defense_on_real_mnist_never_mutates_its_input(backdoored, mnist):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_pruning_aware_attack_hides_the_backdoor_from_pruning(mnist):
-    """The restored channels are dormant on the defender's clean set, so pruning takes them first."""
-    train, test = mnist
+@pytest.fixture(scope="module")
+def pruning_aware(mnist):
+    """The pruning-aware attack of Liu et al. on 12k MNIST images (reduced scale)."""
+    train, _ = mnist
     subset = train.subset(torch.arange(N_TRAIN))
     attack = PruningAwareAttack(_attack(), prune_accuracy_drop=0.01, clean_samples=3000,
                                 retrain=TrainConfig(epochs=2, progress=False))
-    model, record = attack.train("badnet-mnist", subset, TrainConfig(epochs=1, progress=False))
+    return attack.train("badnet-mnist", subset, TrainConfig(epochs=1, progress=False))
+
+
+def test_pruning_aware_attack_hides_the_backdoor_from_pruning(mnist, pruning_aware):
+    """The restored channels are dormant on the defender's clean set, so pruning takes them first."""
+    train, test = mnist
+    model, record = pruning_aware
     restored = record["pruned_channels"]
     assert record["restored_max_clean_activation"] == 0 and 0 < len(restored) < record["channels"]
     assert evaluate(model, test, _attack())["attack_success_rate"] > 0.8
@@ -140,6 +147,23 @@ def test_pruning_aware_attack_hides_the_backdoor_from_pruning(mnist):
     assert site.conv.weight[restored].abs().sum() > 0  # restored with weights, not left at zero
     order = Pruning(full_curve=False).repair(model, clean).info["pruned_channels"]
     assert set(order[: len(restored)]) == set(restored)
+
+
+def test_headline_nc_unlearning_removes_the_pruning_aware_backdoor_at_reduced_scale(mnist, pruning_aware):
+    """docs/removal-defenses.md's headline (full scale: `make test-slow`): where fine-pruning leaves the pruning-aware
+    backdoor in place, Neural Cleanse unlearning removes it at a small cost in clean accuracy."""
+    from backdoor_arena.defenses.neural_cleanse import NeuralCleanseUnlearning
+
+    train, test = mnist
+    model, _ = pruning_aware
+    atk = _attack()
+    before = evaluate(model, test, atk)
+    assert before["attack_success_rate"] > 0.8
+    _, clean = clean_holdout(train, 0.05, 0)
+    repaired = NeuralCleanseUnlearning(epochs=2, detector={"steps": 100, "batch_size": 16}).repair(model, clean).model
+    after = evaluate(repaired, test, atk)
+    assert after["attack_success_rate"] < 0.1
+    assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.03
 
 
 def test_dp_sgd_training_records_epsilon_in_the_manifest(mnist, tmp_path):

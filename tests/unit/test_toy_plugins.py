@@ -51,6 +51,10 @@ def test_toy_attack_from_the_cli(toys, tmp_path, capsys, monkeypatch):
     spec = json.loads(Path(r["attack_spec"]).read_text())
     assert spec["attack"] == "toy-corner" and spec["trigger"]["kind"] == "square"
     assert r["attack_success_rate"] > 0.9  # the toy trigger is learned
+    from backdoor_arena.modelfile import read_manifest
+
+    holdout = read_manifest(bad).training["defender_holdout"]  # kept out of poisoning and training by default
+    assert holdout == {"fraction": 0.05, "seed": 0, "split": "train", "n": 3000}
     # the evaluator rebuilds the toy attack from its spec through the registry
     code, out, err = run_cli(["evaluate", str(bad), "--attack-spec", r["attack_spec"], "--json"], capsys, monkeypatch)
     assert code == 0, err

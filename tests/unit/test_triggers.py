@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -69,7 +71,7 @@ def test_image_trigger_uses_alpha_as_mask(tmp_path):
     assert trigger_from_dict(trig.to_dict()) == trig
 
 
-@pytest.mark.parametrize("kind", ["pixel", "square", "pattern", "blend"])
+@pytest.mark.parametrize("kind", ["pixel", "square", "pattern", "blend", "hollow-square", "x"])
 def test_json_round_trip(kind):
     trig = make_trigger(kind, 3, 16)
     again = trigger_from_dict(trig.to_dict())
@@ -104,7 +106,7 @@ def test_bad_trigger_arguments(tmp_path):
 
 
 def test_registry_lists_kinds():
-    assert set(TRIGGERS.names()) == {"pixel", "square", "pattern", "image", "blend"}
+    assert set(TRIGGERS.names()) == {"pixel", "square", "pattern", "image", "blend", "hollow-square", "x"}
 
 
 def test_a_new_trigger_kind_plugs_in_by_registration_alone():
@@ -167,3 +169,62 @@ def test_kind_colon_path_shorthand_and_data_uris(tmp_path):
         make_trigger("image", 3, 16, path="data:image/png;base64,%%%")
     with pytest.raises(ConfigError, match="margin"):
         make_trigger("square", 3, 16, margin=-2)
+
+
+# --------------------------------------------------------------------------- hollow square and X
+def _painted(kind: str, side: int = 28, **options) -> torch.Tensor:
+    """The [H, W] boolean map of the pixels a trigger paints on a black image."""
+    return make_trigger(kind, 1, side, **options).apply(torch.zeros(1, 1, side, side))[0, 0] > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(3, 12), top=st.integers(0, 16), left=st.integers(0, 16))
+def test_hollow_square_is_a_one_pixel_outline(size, top, left):
+    on = _painted("hollow-square", size=size, position=(top, left), margin=0)
+    box = torch.zeros(28, 28, dtype=torch.bool)
+    box[top : top + size, left : left + size] = True
+    inner = torch.zeros(28, 28, dtype=torch.bool)
+    inner[top + 1 : top + size - 1, left + 1 : left + size - 1] = True
+    assert torch.equal(on, box & ~inner)  # the border of the box, nothing inside, nothing outside
+    assert int(on.sum()) == 4 * size - 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(3, 12), top=st.integers(0, 16), left=st.integers(0, 16))
+def test_x_is_the_two_diagonals(size, top, left):
+    on = _painted("x", size=size, position=(top, left), margin=0)
+    expected = torch.zeros(28, 28, dtype=torch.bool)
+    for i in range(size):
+        expected[top + i, left + i] = expected[top + i, left + size - 1 - i] = True
+    assert torch.equal(on, expected)
+    assert int(on.sum()) == 2 * size - size % 2  # odd sides share the centre pixel
+
+
+def test_outline_kinds_keep_the_image_elsewhere_and_take_colour_and_position():
+    x = torch.full((2, 3, 16, 16), 0.25)
+    hollow = make_trigger("hollow-square", 3, 16, size=4, color="red", position="top-left", margin=1).apply(x)
+    assert hollow[0, :, 1, 1].tolist() == [1.0, 0.0, 0.0] and hollow[0, :, 2, 2].tolist() == [0.25] * 3  # hole
+    assert torch.equal(hollow[:, :, 6:], x[:, :, 6:])  # nothing painted below the outline
+    cross = make_trigger("x", 3, 16, size=5, color=(0.0, 0.5, 1.0), position="center").apply(x)
+    top, left = (16 - 5) // 2, (16 - 5) // 2
+    assert cross[1, :, top + 2, left + 2].tolist() == [0.0, 0.5, 1.0]  # the centre
+    assert cross[1, :, top, left + 1].tolist() == [0.25] * 3  # off the diagonals
+    # the defaults: a 6x6 outline and a 5x5 X, bottom-right, white
+    assert int(_painted("hollow-square").sum()) == 20 and bool(_painted("hollow-square")[26, 26])
+    assert int(_painted("x").sum()) == 9 and bool(_painted("x")[22, 22]) and bool(_painted("x")[26, 22])
+
+
+@pytest.mark.parametrize("kind", ["hollow-square", "x"])
+def test_outline_kinds_reject_bad_options_and_round_trip_through_an_attack_spec(kind):
+    from backdoor_arena.attacks import attack_from_spec, make_attack
+
+    for bad, message in [({"size": 2}, "at least 3"), ({"size": 29}, "size"), ({"color": "mauve"}, "unknown colour"),
+                         ({"size": 8, "position": (24, 24)}, "does not fit")]:
+        with pytest.raises(ConfigError, match=message):
+            make_trigger(kind, 1, 28, **bad)
+    atk = make_attack("badnets", num_classes=10, channels=1, image_size=28, trigger=kind,
+                      trigger_options={"size": 5, "position": "center"}, target=3)
+    again = attack_from_spec(json.loads(json.dumps(atk.to_spec())))
+    assert again == atk and again.trigger.kind == kind
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(again.apply_trigger(x), atk.apply_trigger(x))

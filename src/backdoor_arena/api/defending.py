@@ -21,7 +21,7 @@ from torch import nn
 from ..attacks import PoisoningAttack
 from ..data import load_dataset
 from ..data.dataset import Dataset
-from ..defenses import MITIGATIONS, clean_holdout
+from ..defenses import MITIGATIONS
 from ..errors import ConfigError
 from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import Manifest, load_model, save_model
@@ -32,7 +32,7 @@ from ..runtime import versions
 from ..safeio import output_folder
 from .outputs import check_folder_output, check_model_output
 from .results import DefenseResult
-from .training import check_model_fits, spec_for_model
+from .training import check_model_fits, defender_clean_set, spec_for_model
 
 REMOVAL_DEFENSES = ("pruning", "fine-tuning", "fine-pruning")
 METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
@@ -103,7 +103,7 @@ def defend(
     train = load_dataset(m.dataset, "train", data_root)
     test = load_dataset(m.dataset, "test", data_root)
     check_model_fits(m, test)
-    _, clean = clean_holdout(train, clean_fraction, seed)
+    clean, clean_source = defender_clean_set(m, train, clean_fraction, seed)
     before = _metrics(loaded.model, test, atk)
     started = time.perf_counter()
     repaired = mitigation.repair(loaded.model, clean, monitor=make_monitor(test, atk, curve_samples, seed))
@@ -113,7 +113,7 @@ def defend(
     # The repaired file goes back to users: clean metrics only, never ASR or the spec.
     training = {
         "defense": {"name": defense, "params": mitigation.params(), "clean_fraction": clean_fraction,
-                    "clean_samples": len(clean), "seed": seed, "details": info},
+                    "clean_samples": len(clean), "clean_source": clean_source, "seed": seed, "details": info},
         "repaired_from": {"path": str(model_path), "tensors_sha256": m.tensors_sha256, "training": m.training},
         "metrics": {"clean_accuracy": after["clean_accuracy"]}, "versions": versions(),
         "wall_time_s": round(wall, 3),
@@ -213,7 +213,7 @@ def _compare(out_dir: Path, gtsrb: bool, mnist_model: Any, mnist_clean_model: An
         atk = spec_for_model(spec, loaded.manifest)
         train = load_dataset(loaded.manifest.dataset, "train", data_root)
         test = load_dataset(loaded.manifest.dataset, "test", data_root)
-        _, clean = clean_holdout(train, clean_fraction, seed)
+        clean, _source = defender_clean_set(loaded.manifest, train, clean_fraction, seed)
         base = _metrics(loaded.model, test, atk)
         privacy = training.get("privacy") or {}
         rows.append({"model": name, "defense": "none" if not privacy else "DP-SGD training", **base,

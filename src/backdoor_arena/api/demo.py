@@ -39,17 +39,19 @@ class DemoResult:
 
 
 def demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str | Path | None = None,
-         progress: bool = True, overwrite: bool = False) -> DemoResult:
+         progress: bool = True, overwrite: bool = False, defender_holdout: float = 0.05) -> DemoResult:
     """Train a clean and a BadNets MNIST model, evaluate both, write a report folder (JSON + PNG); an
     existing non-empty folder is written into only with `overwrite`."""
     out = check_folder_output(out, overwrite=overwrite)
     with output_folder(out):
-        return _demo(out, epochs, seed, data_root, progress)
+        return _demo(out, epochs, seed, data_root, progress, defender_holdout)
 
 
-def _demo(out: Path, epochs: int, seed: int, data_root: str | Path | None, progress: bool) -> DemoResult:
+def _demo(out: Path, epochs: int, seed: int, data_root: str | Path | None, progress: bool,
+          defender_holdout: float) -> DemoResult:
     started = time.perf_counter()
-    common = {"epochs": epochs, "seed": seed, "data_root": data_root, "progress": progress}
+    common = {"epochs": epochs, "seed": seed, "data_root": data_root, "progress": progress,
+              "defender_holdout": defender_holdout}
     clean = training.train("mnist", "badnet-mnist", out / "clean.safetensors", overwrite=True, **common)
     bad = training.attack("badnets", "mnist", "badnet-mnist", out / "badnets.safetensors", target=TARGET,
                      trigger="pattern", trigger_options={"size": 3, "position": "bottom-right"},
@@ -59,6 +61,7 @@ def _demo(out: Path, epochs: int, seed: int, data_root: str | Path | None, progr
     models = {"clean": load_model(clean.path).model, "badnets": load_model(bad.path).model}
 
     config = {"dataset": "mnist", "architecture": "badnet-mnist", "epochs": epochs, "attack": "badnets",
+              "defender_holdout": defender_holdout,
               "trigger": "pattern", "trigger_size": 3, "target": TARGET, "poison_rate": 0.1}
     records = []
     for name, model in models.items():

@@ -28,7 +28,7 @@ from ..report import plot_reversed_triggers, plot_score_histograms
 from ..safeio import atomic_write_text, output_folder
 from .outputs import check_folder_output
 from .results import DetectionResult, ScanResult
-from .training import check_model_fits, spec_for_model
+from .training import check_model_fits, defender_clean_set, spec_for_model
 
 _REGISTRIES = {"model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}
 
@@ -74,7 +74,7 @@ def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | Non
     atk = spec_for_model(attack_spec, m, force)
     train = load_dataset(m.dataset, "train", data_root)
     check_model_fits(m, train)
-    _rest, held = clean_holdout(train, clean_fraction, seed)
+    held, clean_source = defender_clean_set(m, train, clean_fraction, seed)
     started = time.perf_counter()
     values: dict[str, Any] = {}
     figure = None
@@ -93,7 +93,12 @@ def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | Non
         values.update(_evaluate_input_detector(det, m.dataset, atk, n_eval, seed, data_root, out))
         figure = values.pop("figure", None)
     else:
-        values.update(_run_data_filter(det, loaded.model, train, atk, retrain_epochs, m, data_root, progress))
+        trained_on = train  # the split the attacker poisoned: the training split minus the defenders' hold-out
+        record = m.training.get("defender_holdout") if isinstance(m.training, dict) else None
+        if isinstance(record, dict):
+            trained_on = clean_holdout(train, record["fraction"], record["seed"])[0]
+        values.update(_run_data_filter(det, loaded.model, trained_on, atk, retrain_epochs, m, data_root, progress))
+    values["clean_source"] = clean_source
     params.pop("progress", None)
     result = DetectionResult(detector, kind, str(model_path), m.dataset, len(held), seed, params, values,
                              round(time.perf_counter() - started, 3), figure)

@@ -12,6 +12,7 @@ import torch
 from ..attacks import MODEL_ATTACKS, PoisoningAttack, load_attack_spec, make_attack
 from ..data import dataset_info, load_dataset
 from ..data.dataset import Dataset
+from ..defenses import clean_holdout
 from ..defenses.dp import check_dp_params, private_fit
 from ..errors import ConfigError, IncompatibleError
 from ..metrics import evaluate as evaluate_metrics
@@ -52,13 +53,14 @@ class DPSettings:
 def train_model(
     architecture: str, train_set: Dataset, test_set: Dataset, config: TrainConfig, out: str | Path,
     attack: PoisoningAttack | None = None, description: str = "train", train_fn: Any = None,
-    dp: DPSettings | None = None, verb: str | None = None,
+    dp: DPSettings | None = None, verb: str | None = None, holdout: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a fresh `architecture` on an in-memory (possibly poisoned) training set, evaluate it on
     `test_set` (with `attack`: ASR too), write the model file and, with `attack`, its spec beside it.
 
     `train_fn(model, monitor) -> (TrainHistory, spec_extra)` replaces plain `fit` (model-level attacks);
-    `dp` trains with DP-SGD instead."""
+    `dp` trains with DP-SGD instead. `holdout` records in the manifest which slice of the training split was
+    kept out of training for defenders (`defender_holdout`: fraction and seed of `clean_holdout`)."""
     out = Path(out)
     model, args = create_model(architecture, train_set.info, config.seed)
 
@@ -88,6 +90,8 @@ def train_model(
     }
     if history.privacy is not None:  # DP-SGD: the accountant's epsilon at delta (defenses/dp.py)
         training["privacy"] = history.privacy
+    if holdout is not None:
+        training["defender_holdout"] = holdout
     manifest = Manifest(
         architecture=architecture, arch_args=args, dataset=info.name, input_shape=list(info.input_shape),
         num_classes=info.num_classes, class_names=list(info.class_names), training=training,
@@ -101,6 +105,46 @@ def train_model(
         }, history=history.epochs, **spec_extra)
     return TrainResult(out, manifest, final, history.epochs, spec_path,
                        verb or ("attack" if attack is not None else "train"))
+
+
+DEFAULT_HOLDOUT = 0.05
+
+
+def split_holdout(train_set: Dataset, fraction: float, seed: int) -> tuple[Dataset, dict[str, Any] | None]:
+    """(training set, manifest record): a seeded `fraction` of the training split kept out of training for
+    defenders (the slice `clean_holdout(train, fraction, seed)` returns); fraction 0 keeps nothing back."""
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1):
+        raise ConfigError(f"--defender-holdout must be a fraction in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return train_set, None
+    rest, held = clean_holdout(train_set, fraction, seed)
+    return rest, {"fraction": fraction, "seed": seed, "split": "train", "n": len(held)}
+
+
+def defender_clean_set(manifest: Manifest, train: Dataset, clean_fraction: float, seed: int) -> tuple[Dataset, str]:
+    """The defender's clean set for a model file, and where it came from. A model trained here records the
+    slice of the training split it never saw (`defender_holdout`): the clean set is drawn from it (all of it,
+    or a seeded subset when `clean_fraction` asks for less). A model without that record (trained elsewhere,
+    wrapped, or by release 0.1) gets the seeded `clean_fraction` slice of the training split, which it may
+    have trained on; the result says so."""
+    if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction <= 1):
+        raise ConfigError(f"--clean-fraction must be in (0, 1], got {clean_fraction!r}")
+    record = manifest.training.get("defender_holdout") if isinstance(manifest.training, dict) else None
+    if not isinstance(record, dict):
+        return clean_holdout(train, clean_fraction, seed)[1], "train split (the model may have trained on it)"
+    fraction, hseed = record.get("fraction"), record.get("seed")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1 and isinstance(hseed, int)):
+        raise IncompatibleError(f"the model's defender_holdout record {record!r} is malformed")
+    held = clean_holdout(train, fraction, hseed)[1]
+    wanted = round(clean_fraction * len(train))
+    if wanted > len(held):
+        raise ConfigError(f"--clean-fraction {clean_fraction} asks for {wanted} samples but the model kept only "
+                          f"{len(held)} ({fraction:g} of the training split) out of training; use --clean-fraction "
+                          f"{fraction:g} or less")
+    if wanted < len(held):
+        pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:wanted].sort().values
+        held = held.subset(pick)
+    return held, f"defender hold-out (fraction {fraction:g}, seed {hseed}), never trained on"
 
 
 def check_model_fits(manifest: Manifest, data: Dataset) -> None:
@@ -150,17 +194,19 @@ def train(
     optimizer: str = "sgd", lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
     dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5, overwrite: bool = False,
+    defender_holdout: float = DEFAULT_HOLDOUT,
 ) -> TrainResult:
     """Train a clean model and write it as a model file. `dp_clip` and `dp_noise` train with DP-SGD.
-    An existing `out` is replaced only with `overwrite`."""
+    A seeded `defender_holdout` fraction of the training split is kept out of training (recorded in the
+    manifest) for defenders' clean sets. An existing `out` is replaced only with `overwrite`."""
     out = check_model_output(out, overwrite=overwrite)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress)
     dp = DPSettings.from_options(dp_clip, dp_noise, dp_delta)
     build_model(model, architecture_args(dataset_info(dataset)))  # validate names before loading anything
-    train_set = load_dataset(dataset, "train", data_root)
+    train_set, holdout = split_holdout(load_dataset(dataset, "train", data_root), defender_holdout, seed)
     test_set = load_dataset(dataset, "test", data_root)
-    return train_model(model, train_set, test_set, config, out, None, f"train {model}", dp=dp)
+    return train_model(model, train_set, test_set, config, out, None, f"train {model}", dp=dp, holdout=holdout)
 
 
 def attack(
@@ -171,7 +217,7 @@ def attack(
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
     dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5,
     poisoning: str = "badnets", prune_accuracy_drop: float | None = None, clean_model: str | Path | None = None,
-    attack_params: dict[str, Any] | None = None, overwrite: bool = False,
+    attack_params: dict[str, Any] | None = None, overwrite: bool = False, defender_holdout: float = DEFAULT_HOLDOUT,
 ) -> TrainResult:
     """Poison the training set, train on it, and write the model file plus `<out>.attack.json`.
 
@@ -180,7 +226,8 @@ def attack(
     own parameters (`prune_accuracy_drop` is the pruning-aware attack's, kept as a keyword for convenience) and
     `clean_model` an optional clean model file to start from (else one is trained first).
     `dp_clip` and `dp_noise` train on the poisoned data with DP-SGD (the defender controls training).
-    An existing `out` (or its attack spec) is replaced only with `overwrite`."""
+    A seeded `defender_holdout` fraction of the training split is kept out of poisoning and training (recorded
+    in the manifest). An existing `out` (or its attack spec) is replaced only with `overwrite`."""
     image = (trigger.split(":", 1)[1] or None) if trigger and trigger.startswith("image:") else None
     out = check_model_output(out, inputs=[clean_model, image], side_files=[attack_spec_path(out)], overwrite=overwrite)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -197,7 +244,7 @@ def attack(
                       image_size=info.input_shape[1], trigger_options=trigger_options, target=target, mode=mode,
                       sources=tuple(sources), poison_rate=poison_rate, injection=injection, seed=seed,
                       cover_rate=cover_rate, **options)
-    train_set = load_dataset(dataset, "train", data_root)
+    train_set, holdout = split_holdout(load_dataset(dataset, "train", data_root), defender_holdout, seed)
     test_set = load_dataset(dataset, "test", data_root)
     if model_attack:
         if dp is not None:
@@ -209,9 +256,11 @@ def attack(
             params["prune_accuracy_drop"] = prune_accuracy_drop
         trainer = MODEL_ATTACKS.create(kind, poisoning=atk, **params).trainer(model, train_set, config,
                                                                              clean_model=clean)
-        return train_model(model, train_set, test_set, config, out, atk, kind, trainer, verb="attack")
+        return train_model(model, train_set, test_set, config, out, atk, kind, trainer, verb="attack",
+                           holdout=holdout)
     poisoned = atk.poison(train_set, torch.Generator().manual_seed(seed))
-    return train_model(model, poisoned.dataset, test_set, config, out, atk, f"{kind} {model}", dp=dp)
+    return train_model(model, poisoned.dataset, test_set, config, out, atk, f"{kind} {model}", dp=dp,
+                       holdout=holdout)
 
 
 def evaluate(model_path: str | Path, attack_spec: str | Path | None = None, *,

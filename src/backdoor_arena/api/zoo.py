@@ -4,12 +4,22 @@ Layout of a zoo folder (the attack specs live apart from the model files, as a d
 
     DIR/models/model-NN.safetensors   every model, names shuffled so that a name reveals nothing
     DIR/specs/model-NN.attack.json    the attack spec of each backdoored model (evaluator only)
-    DIR/specs/truth.jsonl             one record per model: name, backdoored, target, trigger, accuracy, ASR
+    DIR/specs/truth.jsonl             one record per model: its plan entry (family, optimiser, epochs,
+                                      attack parameters), clean accuracy, ASR, training time
     DIR/zoo.json                      how the zoo was built (config, seed, versions, wall time)
 
+The plan (`zoo_plan`) varies what a detector should not care about: optimiser (SGD lr 0.05 or Adam lr 1e-3,
+balanced), epochs (uniform in [epochs, max_epochs]), seed and training subset (each model its own seeded
+subset of `train_size` images). Backdoored models cycle over the attack families (`FAMILIES`: square,
+pattern, pixel, blended, all-to-all, source-specific) so that every family appears once the zoo has as
+many backdoored models as families, with targets, sizes (up to 8), positions (corners, bottom-centre,
+centre), poisoning rates and blend weights drawn from a seeded generator.
+
 `evaluate_zoo` runs a model detector on every model (the detector sees the model and a clean hold-out of
-the training split only), then compares its continuous scores with the truth: AUROC, TPR at 5% FPR,
-target-label accuracy on the backdoored models it flags, and a ROC plot.
+the training split only), then compares its continuous scores with the truth: AUROC with a stratified
+bootstrap interval, TPR at 5% FPR, the verdicts' FPR and TPR at the detector's own threshold with Wilson
+intervals, per-family AUROC/TPR (each family against all clean models), per-optimiser FPR of the clean
+models, target-label accuracy, and a ROC plot; every number carries its group's size beside it.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +39,38 @@ from tqdm.auto import tqdm
 from ..attacks import make_attack
 from ..data import dataset_info, load_dataset
 from ..defenses import MODEL_DETECTORS, clean_holdout
-from ..detection_metrics import auroc, tpr_at_fpr
+from ..detection_metrics import auroc, auroc_bootstrap_ci, tpr_at_fpr, wilson_interval
 from ..errors import ConfigError, ModelFileError
 from ..modelfile import load_model
 from ..records import json_safe, write_jsonl
 from ..report import markdown_table, plot_roc
 from ..runtime import versions
 from ..safeio import atomic_write_text, check_regular_file, output_folder, read_text, shown
-from ..schemas import TruthRecord, loads_json, validate
-from ..train import TrainConfig
+from ..schemas import NAMED_POSITIONS, TruthRecord, loads_json, validate
+from ..train import OPTIMIZERS, TrainConfig
 from .outputs import check_folder_output
 from .training import train_model
 
-TRIGGER_KINDS = ("square", "pattern")
-POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left")
-SIZES = (3, 4, 5)
+# Learning rates per optimiser (both with the cosine schedule, batch 64): the project's SGD setting, and
+# Adam's usual 1e-3 (badnet-mnist reaches ~97% test accuracy in 2 epochs on 15,000 images with either).
+OPTIMIZER_LR = {"sgd": 0.05, "adam": 1e-3}
+# Attack families: a trigger kind in the all-to-one mode, or a label-map mode (with a patch trigger).
+FAMILIES = ("square", "pattern", "pixel", "blended", "all-to-all", "source-specific")
+PATCH_TRIGGERS = ("square", "pattern")
+SIZES = (3, 4, 5, 6, 8)
+POSITIONS = NAMED_POSITIONS  # the four corners, bottom-center and center
+PIXEL_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left")  # one white pixel on a stroke is no trigger
 POISON_RATES = (0.05, 0.1)
+BLEND_ALPHAS = (0.1, 0.2)
+COVER_RATES = (0.0, 0.05)  # source-specific: without, and with TaCT's cover samples
+SOURCE_SPECIFIC_RATE = 0.05  # of the training set, drawn from two source classes (~20% of it)
+
+
+def family_of(record: dict[str, Any]) -> str:
+    """The family of a truth record (zoos built before families were recorded: the trigger kind)."""
+    if record.get("family"):
+        return str(record["family"])
+    return str(record.get("trigger") or "backdoored") if record.get("backdoored") else "clean"
 
 
 @dataclass(frozen=True)
@@ -52,28 +79,51 @@ class ZooConfig:
     architecture: str = "badnet-mnist"
     clean: int = 10
     backdoored: int = 10
-    epochs: int = 2
-    train_size: int | None = None  # a seeded subset of the training split (None: all of it)
+    epochs: int = 2  # every model's epochs; with max_epochs, the smallest of a uniform draw
+    train_size: int | None = None  # each model trains on its own seeded subset this large (None: all of it)
     seed: int = 0
     clean_fraction: float = 0.05  # the defenders' hold-out, excluded from training
+    max_epochs: int | None = None  # epochs drawn per model, uniform in [epochs, max_epochs]
+    optimizers: tuple[str, ...] = ("sgd", "adam")  # balanced over the clean models and within each family
+    families: tuple[str, ...] = FAMILIES  # the backdoored models cycle over these
 
     def __post_init__(self) -> None:
         for name in ("clean", "backdoored"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer number of models, got {v!r}")
         if self.clean + self.backdoored < 1:
             raise ConfigError("a zoo needs at least one model: raise --clean or --backdoored")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool)
+                                            or self.max_epochs < self.epochs):
+            raise ConfigError(f"max_epochs must be an integer >= epochs ({self.epochs}) or None, got "
+                              f"{self.max_epochs!r}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 100):
             raise ConfigError(f"train_size must be an integer >= 100 (or None for all), got {self.train_size!r}")
         if not 0 < self.clean_fraction < 1:
             raise ConfigError(f"clean_fraction must be in (0, 1), got {self.clean_fraction!r}")
+        for name, allowed in (("optimizers", OPTIMIZERS), ("families", FAMILIES)):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not v or any(x not in allowed for x in v) or len(set(v)) != len(v):
+                raise ConfigError(f"{name} must be a non-empty tuple of distinct names from {', '.join(allowed)}; "
+                                  f"got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def _balanced(n: int, options: tuple, g: torch.Generator) -> list:
+    """n choices from `options`, each used floor(n / k) or ceil(n / k) times, in a seeded order."""
+    pool = [options[i % len(options)] for i in range(n)]
+    return [pool[i] for i in torch.randperm(n, generator=g).tolist()]
 
 
 def zoo_plan(config: ZooConfig) -> list[dict[str, Any]]:
-    """The seeded list of models to build: name, seed, and for backdoored ones the attack parameters."""
+    """The seeded list of models to build, clean ones first. Every entry: name, seed, backdoored, family,
+    optimizer, lr, epochs, subset_seed; backdoored ones also the attack (badnets or blended), mode,
+    target (None for all-to-all), sources, trigger, size, position, poison_rate, alpha, cover_rate."""
     info = dataset_info(config.dataset)
     g = torch.Generator().manual_seed(config.seed)
     n = config.clean + config.backdoored
@@ -82,16 +132,69 @@ def zoo_plan(config: ZooConfig) -> list[dict[str, Any]]:
     def pick(options: tuple) -> Any:
         return options[int(torch.randint(len(options), (1,), generator=g))]
 
-    plan = []
+    def epochs() -> int:
+        top = config.max_epochs or config.epochs
+        return config.epochs + int(torch.randint(top - config.epochs + 1, (1,), generator=g))
+
+    clean_opts = _balanced(config.clean, config.optimizers, g)
+    family_order = [config.families[i] for i in torch.randperm(len(config.families), generator=g).tolist()]
+    # within each family the optimisers alternate, from a seeded start
+    start = {f: int(torch.randint(len(config.optimizers), (1,), generator=g)) for f in family_order}
+    plan: list[dict[str, Any]] = []
     for i in range(n):
-        entry: dict[str, Any] = {"name": names[i], "seed": config.seed * 1000 + i, "backdoored": i >= config.clean}
-        if entry["backdoored"]:
-            entry.update({
-                "target": int(torch.randint(info.num_classes, (1,), generator=g)), "trigger": pick(TRIGGER_KINDS),
-                "size": pick(SIZES), "position": pick(POSITIONS), "poison_rate": pick(POISON_RATES),
-            })
+        seed = config.seed * 1000 + i
+        backdoored = i >= config.clean
+        if backdoored:
+            j = i - config.clean
+            family = family_order[j % len(family_order)]
+            optimizer = config.optimizers[(start[family] + j // len(family_order)) % len(config.optimizers)]
+        else:
+            family, optimizer = "clean", clean_opts[i]
+        entry: dict[str, Any] = {"name": names[i], "seed": seed, "backdoored": backdoored, "family": family,
+                                 "optimizer": optimizer, "lr": OPTIMIZER_LR[optimizer], "epochs": epochs(),
+                                 "subset_seed": seed}
+        if backdoored:
+            entry.update(_attack_entry(family, info.num_classes, seed, pick, g))
         plan.append(entry)
     return plan
+
+
+def _attack_entry(family: str, num_classes: int, seed: int, pick: Any, g: torch.Generator) -> dict[str, Any]:
+    target = int(torch.randint(num_classes, (1,), generator=g))
+    e: dict[str, Any] = {"attack": "badnets", "mode": "all-to-one", "target": target, "sources": [],
+                         "trigger": None, "size": None, "position": None, "poison_rate": pick(POISON_RATES),
+                         "alpha": None, "cover_rate": 0.0}
+    if family in PATCH_TRIGGERS:
+        e.update(trigger=family, size=pick(SIZES), position=pick(POSITIONS))
+    elif family == "pixel":
+        e.update(trigger="pixel", position=pick(PIXEL_POSITIONS))
+    elif family == "blended":
+        e.update(attack="blended", trigger="blend", alpha=pick(BLEND_ALPHAS))
+    else:  # a label-map mode with a patch trigger
+        e.update(mode=family, trigger=pick(PATCH_TRIGGERS), size=pick(SIZES), position=pick(POSITIONS))
+        if family == "all-to-all":
+            e["target"] = None  # label i -> i + 1: no single target
+        else:
+            others = [c for c in range(num_classes) if c != target]
+            chosen = torch.randperm(len(others), generator=g)[:2].sort().values.tolist()
+            e.update(sources=[others[c] for c in chosen], poison_rate=SOURCE_SPECIFIC_RATE,
+                     cover_rate=pick(COVER_RATES))
+    return e
+
+
+def _make_attack(entry: dict[str, Any], info: Any) -> Any:
+    options: dict[str, Any] = {}
+    if entry["trigger"] in PATCH_TRIGGERS:
+        options = {"size": entry["size"], "position": entry["position"]}
+    elif entry["trigger"] == "pixel":
+        options = {"position": entry["position"]}
+    elif entry["trigger"] == "blend":
+        options = {"alpha": entry["alpha"], "seed": entry["seed"]}
+    return make_attack(entry["attack"], num_classes=info.num_classes, channels=info.input_shape[0],
+                       image_size=info.input_shape[1], trigger=None if entry["attack"] == "blended" else entry["trigger"],
+                       trigger_options=options, target=entry["target"] if entry["target"] is not None else 0,
+                       mode=entry["mode"], sources=tuple(entry["sources"]), poison_rate=entry["poison_rate"],
+                       cover_rate=entry["cover_rate"], seed=entry["seed"])
 
 
 def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: str | Path | None = None,
@@ -110,44 +213,59 @@ def _build(out: Path, config: ZooConfig, data_root: str | Path | None, progress:
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "specs").mkdir(parents=True, exist_ok=True)
     info = dataset_info(config.dataset)
-    train_full = load_dataset(config.dataset, "train", data_root)
-    test = load_dataset(config.dataset, "test", data_root)
-    rest, _held = clean_holdout(train_full, config.clean_fraction, config.seed)
-    if config.train_size is not None and config.train_size < len(rest):
-        rest = rest.subset(torch.randperm(len(rest), generator=torch.Generator().manual_seed(config.seed))
-                           [: config.train_size].sort().values)
+    plan = zoo_plan(config)
     truth_path = out / "specs" / "truth.jsonl"
     done = {r["name"]: r for r in read_truth(out)} if truth_path.exists() else {}
+    for entry in plan:  # a zoo resumes only with the plan it was built with: never a mixture of two plans
+        old = done.get(entry["name"])
+        if old is not None:
+            differ = sorted(k for k, v in json_safe(entry).items() if old.get(k) != v)
+            if differ:
+                raise ConfigError(f"the zoo in {shown(out)} was built with other settings ({entry['name']}: "
+                                  f"{', '.join(differ)} differ); resume it with the settings it was built with, or "
+                                  "choose a new folder")
+
+    def built(entry: dict[str, Any]) -> bool:
+        return entry["name"] in done and (out / "models" / f"{entry['name']}.safetensors").exists()
+
+    if not all(built(e) for e in plan):  # a finished zoo resumes without loading any data
+        train_full = load_dataset(config.dataset, "train", data_root)
+        test = load_dataset(config.dataset, "test", data_root)
+        rest, _held = clean_holdout(train_full, config.clean_fraction, config.seed)  # the defenders' data stays out
     records = []
+    trained = 0
     started = time.perf_counter()
-    plan = zoo_plan(config)
     for entry in tqdm(plan, desc="zoo", unit="model", disable=not progress):
         model_path = out / "models" / f"{entry['name']}.safetensors"
-        if entry["name"] in done and model_path.exists():
+        if built(entry):
             records.append(done[entry["name"]])
             continue
-        train_config = TrainConfig(epochs=config.epochs, seed=entry["seed"], progress=progress)
-        atk = None
+        train_config = TrainConfig(epochs=entry["epochs"], optimizer=entry["optimizer"], lr=entry["lr"],
+                                   seed=entry["seed"], progress=progress)
         train_set = rest
+        if config.train_size is not None and config.train_size < len(rest):  # each model its own subset
+            order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(entry["subset_seed"]))
+            train_set = rest.subset(order[: config.train_size].sort().values)
+        atk = None
         if entry["backdoored"]:
-            atk = make_attack("badnets", num_classes=info.num_classes, channels=info.input_shape[0],
-                              image_size=info.input_shape[1], trigger=entry["trigger"],
-                              trigger_options={"size": entry["size"], "position": entry["position"]},
-                              target=entry["target"], poison_rate=entry["poison_rate"], seed=entry["seed"])
-            train_set = atk.poison(rest, torch.Generator().manual_seed(entry["seed"])).dataset
+            atk = _make_attack(entry, info)
+            train_set = atk.poison(train_set, torch.Generator().manual_seed(entry["seed"])).dataset
         r = train_model(config.architecture, train_set, test, train_config, model_path, atk, entry["name"])
         if r.spec_path is not None:
             shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
-        record = {**entry, "clean_accuracy": r.metrics["clean_accuracy"],
+        record = {**json_safe(entry), "clean_accuracy": r.metrics["clean_accuracy"],
                   "attack_success_rate": r.metrics.get("attack_success_rate"),
                   "train_time_s": r.manifest.training["wall_time_s"]}
         records.append(record)
+        trained += 1
         done[entry["name"]] = record
         write_jsonl(truth_path, sorted(done.values(), key=lambda x: x["name"]))
-    (out / "zoo.json").write_text(json.dumps({
-        "config": config.__dict__, "models": len(plan), "versions": versions(),
+    if not trained and (out / "zoo.json").is_file():
+        return records  # nothing was trained: zoo.json keeps the wall time of the run that built the zoo
+    atomic_write_text(out / "zoo.json", json.dumps(json_safe({
+        "config": config.to_dict(), "models": len(plan), "versions": versions(),
         "wall_time_s": round(time.perf_counter() - started, 3),
-    }, indent=1))
+    }), indent=1, allow_nan=False))
     return records
 
 
@@ -180,26 +298,34 @@ def read_truth(zoo_dir: str | Path) -> list[dict[str, Any]]:
 
 def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, params: dict[str, Any] | None = None,
                  clean_fraction: float = 0.05, seed: int = 0, fpr: float = 0.05, data_root: str | Path | None = None,
-                 progress: bool = True, out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Run a model detector on every zoo model; AUROC on its continuous scores, TPR at `fpr`, target accuracy.
+                 progress: bool = True, out: str | Path | None = None, overwrite: bool = False,
+                 n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+    """Run a model detector on every zoo model; AUROC on its continuous scores (with a seeded bootstrap
+    interval), TPR at `fpr`, verdict rates with Wilson intervals, per family and per optimiser, target
+    accuracy. `seed` seeds the defender's hold-out and the bootstrap.
 
-    Writes DIR/eval-<detector>/{scores.jsonl, summary.json, roc.png} (or into `out`).
+    Writes DIR/eval-<detector>/{scores.jsonl, summary.json, roc.png, scores.md} (or into `out`).
     """
     zoo_dir = Path(zoo_dir)
     truth = read_truth(zoo_dir)
     if not 0 < fpr < 1:
         raise ConfigError(f"fpr must be in (0, 1), got {fpr!r}")
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
     det = MODEL_DETECTORS.create(detector, **(params or {}))
     out = check_folder_output(out if out is not None else zoo_dir / f"eval-{detector}", overwrite=overwrite)
     for rec in truth:  # every model file exists before any detector time is spent
         check_regular_file(zoo_dir / "models" / f"{rec['name']}.safetensors", "zoo model file", ModelFileError)
     with output_folder(out):
-        return _evaluate(zoo_dir, truth, det, detector, params, clean_fraction, seed, fpr, data_root, progress, out)
+        return _evaluate(zoo_dir, truth, det, detector, params, clean_fraction, seed, fpr, data_root, progress, out,
+                         n_boot, level)
 
 
 def _evaluate(zoo_dir: Path, truth: list[dict[str, Any]], det: Any, detector: str, params: dict[str, Any] | None,
               clean_fraction: float, seed: int, fpr: float, data_root: Any, progress: bool,
-              out: Path) -> dict[str, Any]:
+              out: Path, n_boot: int, level: float) -> dict[str, Any]:
     rows = []
     held_cache: dict[str, Any] = {}
     for rec in tqdm(truth, desc=f"zoo {detector}", unit="model", disable=not progress):
@@ -210,40 +336,105 @@ def _evaluate(zoo_dir: Path, truth: list[dict[str, Any]], det: Any, detector: st
         started = time.perf_counter()
         verdict = det.inspect(loaded.model, held_cache[ds])
         rows.append({
-            "name": rec["name"], "backdoored": bool(rec["backdoored"]), "target": rec.get("target"),
-            "trigger": rec.get("trigger"), "size": rec.get("size"), "position": rec.get("position"),
+            "name": rec["name"], "backdoored": bool(rec["backdoored"]), "family": family_of(rec),
+            "optimizer": rec.get("optimizer"), "epochs": rec.get("epochs"), "mode": rec.get("mode"),
+            "target": rec.get("target"), "trigger": rec.get("trigger"), "size": rec.get("size"),
+            "position": rec.get("position"), "clean_accuracy": rec.get("clean_accuracy"),
+            "attack_success_rate": rec.get("attack_success_rate"),
             "score": float(verdict.score), "flagged": bool(verdict.flagged), "threshold": float(verdict.threshold),
             "suspected_target": verdict.suspected_target, "detect_time_s": round(time.perf_counter() - started, 3),
         })
         write_jsonl(out / "scores.jsonl", rows)
-    summary = summarize(rows, fpr)
+    summary = summarize(rows, fpr, n_boot=n_boot, seed=seed, level=level)
     summary.update({"detector": detector, "params": params or {}, "clean_fraction": clean_fraction, "seed": seed,
                     "zoo": str(zoo_dir), "versions": versions()})
     summary = json_safe(summary)  # AUROC is undefined (null) without both classes; never a bare NaN
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True, allow_nan=False))
-    plot_roc(out / "roc.png", rows, f"{detector} on {len(rows)} zoo models (AUROC {summary['auroc']:.3f})")
+    shown_auroc = "undefined" if summary["auroc"] is None else f"{summary['auroc']:.3f}"
+    plot_roc(out / "roc.png", rows, f"{detector} on {summary['n_clean']} clean + {summary['n_backdoored']} "
+             f"backdoored zoo models (AUROC {shown_auroc})")
     (out / "scores.md").write_text(markdown_table(
-        rows, ["name", "backdoored", "target", "trigger", "size", "position", "score", "flagged", "suspected_target"],
-        {"score": ".3f"}))
+        rows, ["name", "backdoored", "family", "optimizer", "epochs", "target", "size", "position", "score", "flagged",
+               "suspected_target"], {"score": ".3f"}))
     summary["out"] = str(out)
     return summary
 
 
-def summarize(rows: list[dict[str, Any]], fpr: float = 0.05) -> dict[str, Any]:
-    """AUROC and TPR@FPR on the scores (never the verdicts), verdict rates, and target accuracy."""
+def _rate(k: int, n: int, level: float) -> dict[str, Any]:
+    """A proportion k / n with its Wilson interval (NaN and no interval when n = 0)."""
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": float("nan"), "ci": [float("nan"), float("nan")]}
+    return {"k": k, "n": n, "rate": k / n, "ci": list(wilson_interval(k, n, level))}
+
+
+def _separation(bad: list[dict[str, Any]], clean: list[dict[str, Any]], n_boot: int, seed: int,
+                level: float) -> dict[str, Any]:
+    """AUROC of `bad` against `clean` on the scores, with its bootstrap interval (NaN without both)."""
+    if not bad or not clean:
+        return {"auroc": float("nan"), "auroc_ci": [float("nan"), float("nan")]}
+    labels = torch.tensor([1] * len(bad) + [0] * len(clean))
+    scores = torch.tensor([r["score"] for r in bad + clean], dtype=torch.float64)
+    return {"auroc": auroc(labels, scores), "auroc_ci": list(auroc_bootstrap_ci(labels, scores, n_boot, seed, level))}
+
+
+def _targets(bad: list[dict[str, Any]]) -> dict[str, Any]:
+    """Among backdoored models with one target (not all-to-all): how often the suspected label is it."""
+    with_target = [r for r in bad if r.get("target") is not None]
+    hits = sum(r["suspected_target"] == r["target"] for r in with_target)
+    return {"target_accuracy": hits / len(with_target) if with_target else float("nan"),
+            "n_with_target": len(with_target), "n_target_hits": hits}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"min": float("nan"), "median": float("nan"), "max": float("nan")}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize(rows: list[dict[str, Any]], fpr: float = 0.05, *, n_boot: int = 2000, seed: int = 0,
+              level: float = 0.95) -> dict[str, Any]:
+    """AUROC (with a stratified bootstrap interval at `level`, `n_boot` replicates from `seed`) and TPR@FPR
+    on the scores (never the verdicts); the verdicts' FPR and TPR at the detector's threshold with Wilson
+    intervals; the same per family (each family against all clean models) and per optimiser of the clean
+    models; target accuracy. Every group states its size (n_clean, n_backdoored, n)."""
     labels = torch.tensor([r["backdoored"] for r in rows], dtype=torch.long)
     scores = torch.tensor([r["score"] for r in rows], dtype=torch.float64)
     both = bool(labels.any()) and bool((labels == 0).any())
     bad = [r for r in rows if r["backdoored"]]
+    clean = [r for r in rows if not r["backdoored"]]
     flagged_bad = [r for r in bad if r["flagged"]]
-    return {
-        "n_clean": int((labels == 0).sum()), "n_backdoored": int(labels.sum()),
-        "auroc": auroc(labels, scores) if both else float("nan"),
+    fp, tp = _rate(sum(r["flagged"] for r in clean), len(clean), level), _rate(len(flagged_bad), len(bad), level)
+    flagged_with_target = [r for r in flagged_bad if r.get("target") is not None]
+    summary: dict[str, Any] = {
+        "n_clean": len(clean), "n_backdoored": len(bad),
+        **_separation(bad, clean, n_boot, seed, level),
         f"tpr_at_{round(100 * fpr)}pct_fpr": tpr_at_fpr(labels, scores, fpr) if both else float("nan"),
-        "verdict_tpr": len(flagged_bad) / len(bad) if bad else float("nan"),
-        "verdict_fpr": (sum(r["flagged"] for r in rows if not r["backdoored"]) / max(1, int((labels == 0).sum()))),
-        # among all backdoored models, and among the flagged ones: is the suspected label the real target?
-        "target_accuracy": sum(r["suspected_target"] == r["target"] for r in bad) / len(bad) if bad else float("nan"),
-        "target_accuracy_flagged": (sum(r["suspected_target"] == r["target"] for r in flagged_bad) / len(flagged_bad)
-                                    if flagged_bad else float("nan")),
+        "threshold": rows[0]["threshold"] if rows else float("nan"),
+        "verdict_tpr": tp["rate"], "verdict_tpr_ci": tp["ci"], "n_backdoored_flagged": tp["k"],
+        "verdict_fpr": fp["rate"], "verdict_fpr_ci": fp["ci"], "n_clean_flagged": fp["k"],
+        # among backdoored models with a single target, and among those flagged: suspected label = target?
+        **_targets(bad),
+        "target_accuracy_flagged": (sum(r["suspected_target"] == r["target"] for r in flagged_with_target)
+                                    / len(flagged_with_target) if flagged_with_target else float("nan")),
+        "clean_scores": _spread([r["score"] for r in clean]),
+        "backdoored_scores": _spread([r["score"] for r in bad]),
+        "ci_level": level, "n_boot": n_boot, "bootstrap": "stratified percentile", "rate_interval": "wilson",
     }
+    families = sorted({r.get("family") or "backdoored" for r in bad})
+    summary["per_family"] = {}
+    for fam in families:
+        members = [r for r in bad if (r.get("family") or "backdoored") == fam]
+        hit = _rate(sum(r["flagged"] for r in members), len(members), level)
+        summary["per_family"][fam] = {
+            "n_backdoored": len(members), "n_clean": len(clean), **_separation(members, clean, n_boot, seed, level),
+            "verdict_tpr": hit["rate"], "verdict_tpr_ci": hit["ci"], "n_flagged": hit["k"], **_targets(members),
+            "scores": _spread([r["score"] for r in members]),
+        }
+    summary["clean_by_optimizer"] = {}
+    for opt in sorted({str(r.get("optimizer")) for r in clean}):
+        members = [r for r in clean if str(r.get("optimizer")) == opt]
+        false = _rate(sum(r["flagged"] for r in members), len(members), level)
+        summary["clean_by_optimizer"][opt] = {"n_clean": len(members), "verdict_fpr": false["rate"],
+                                              "verdict_fpr_ci": false["ci"], "n_flagged": false["k"],
+                                              "scores": _spread([r["score"] for r in members])}
+    return summary

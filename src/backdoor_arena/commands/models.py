@@ -27,6 +27,9 @@ Schedule = Annotated[str, typer.Option(help="constant or cosine.")]
 DpClip = Annotated[float | None, typer.Option(
     help="DP-SGD: per-example gradient norm bound C (with --dp-noise; BatchNorm-free models only).")]
 DpNoise = Annotated[float | None, typer.Option(help="DP-SGD: noise multiplier Z (noise std = Z * C).")]
+Holdout = Annotated[float, typer.Option(
+    "--defender-holdout", help="Fraction of the training split kept out of training (seeded by --seed) and "
+    "recorded in the manifest: defenses draw their clean set from it. 0 trains on the whole split.")]
 DpDelta = Annotated[float, typer.Option(help="DP-SGD: delta of the (epsilon, delta) guarantee recorded in the manifest.")]
 
 
@@ -62,12 +65,13 @@ def train(
     lr: Lr = 0.05, momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
     data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5, overwrite: Overwrite = False,
+    defender_holdout: Holdout = 0.05,
 ) -> None:
     """Train a clean model and write it as a model file (with --dp-clip/--dp-noise: by DP-SGD)."""
     r = api.train(dataset, model, out, epochs=epochs, seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr,
                   momentum=momentum, weight_decay=weight_decay, schedule=schedule, data_root=data_root,
                   progress=not quiet, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
-                  overwrite=overwrite)
+                  overwrite=overwrite, defender_holdout=defender_holdout)
     privacy = _privacy(r.manifest)
     emit(r.to_dict(), json_out,
           [f"wrote {r.path}", f"clean accuracy {pct(r.metrics['clean_accuracy'])} "
@@ -110,10 +114,11 @@ def wrap(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("demo-report"),
     epochs: Epochs = 4, seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False,
-    overwrite: Overwrite = False,
+    overwrite: Overwrite = False, defender_holdout: Holdout = 0.05,
 ) -> None:
     """Train a clean and a BadNets MNIST model, evaluate both, write a report folder (JSON + PNG)."""
-    r = api.demo(out, epochs=epochs, seed=seed, data_root=data_root, progress=not quiet, overwrite=overwrite)
+    r = api.demo(out, epochs=epochs, seed=seed, data_root=data_root, progress=not quiet, overwrite=overwrite,
+                 defender_holdout=defender_holdout)
     for line in r.lines:
         typer.echo(line)
 
@@ -159,6 +164,7 @@ def _attack_options() -> list[inspect.Parameter]:
         momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
         data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
         dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5, overwrite: Overwrite = False,
+        defender_holdout: Holdout = 0.05,
     ) -> None: ...
 
     return list(inspect.signature(attack_options, eval_str=True).parameters.values())
@@ -174,7 +180,7 @@ def _run_attack(kind: str, values: dict[str, Any], extra: dict[str, Any]) -> Non
                    epochs=v["epochs"], seed=v["seed"], batch_size=v["batch_size"], optimizer=v["optimizer"],
                    lr=v["lr"], momentum=v["momentum"], weight_decay=v["weight_decay"], schedule=v["schedule"],
                    data_root=v["data_root"], progress=not v["quiet"], dp_clip=v["dp_clip"], dp_noise=v["dp_noise"],
-                   dp_delta=v["dp_delta"], overwrite=v["overwrite"], **extra)
+                   dp_delta=v["dp_delta"], overwrite=v["overwrite"], defender_holdout=v["defender_holdout"], **extra)
     m = r.metrics
     privacy = _privacy(r.manifest)
     emit(r.to_dict(), v["json_out"],

@@ -15,8 +15,10 @@ so both engines see identical batches; for dropout-free models they agree to flo
 engines are statistically, not bitwise, equivalent. BatchNorm running statistics cannot be updated
 under vmap, so models with BatchNorm train with the sequential engine only.
 
-`choose_engine` picks the faster engine by measurement (see its docstring): on 2 CPU cores vmap won
-1.5x for the small BadNets CNN and lost 3.4x for the 1.2M-parameter EMNIST CNN, so no fixed rule holds.
+`choose_engine` picks the faster engine by measurement (see its docstring): which one wins depends on the
+model, the round's client sizes (vmap pads every client to the longest), threads and device. On 2 CPU cores
+with torch 2.13 the loop won for both badnet-mnist and the 1.2M-parameter EMNIST CNN (docs/federated.md);
+an earlier torch measured vmap ahead for the small CNN; on a GPU vmap should win widely.
 `EngineChooser` memoises those choices; its cache belongs to whoever holds the chooser (the round
 pipeline's caller), never to the module.
 """
