@@ -69,34 +69,60 @@ def run_structured(cases_per_kind: int, root: Path) -> tuple[list[dict], list[di
 
 
 def run_atheris(seconds: int, root: Path) -> list[dict]:
+    """Coverage-guided fuzzing in a child process: libFuzzer ends its process when the time is up, so the
+    child writes its counts at exit and this process reads them."""
+    import subprocess
+
     try:
-        import atheris
+        import atheris  # noqa: F401
     except ImportError:
         print("atheris is not installed (pip install atheris); coverage-guided fuzzing skipped", flush=True)
         return []
+    import re
+
+    counts_file = root / "atheris-counts.json"
+    run = subprocess.run([sys.executable, __file__, "--atheris-child", str(seconds), "--child-dir", str(root)],
+                         timeout=seconds * 4 + 600, check=False, capture_output=True, text=True)
+    done = re.search(r"Done (\d+) runs", run.stderr)
+    counts = json.loads(counts_file.read_text()) if counts_file.is_file() else {}
+    failed = run.returncode != 0 or not done or counts.get("FAILURE", 0)
+    if failed:
+        print(run.stderr[-3000:], flush=True)
+    total = int(done[1]) if done else sum(counts.values())
+    # the child writes its counts every 256 cases; libFuzzer's own total counts the last few too
+    refused = counts.get("refused", 0) + (total - sum(counts.values()) if not failed else 0)
+    return [{"fuzzer": "atheris", "architecture": "badnet-mnist", "mutation": "coverage-guided bytes", "cases": total,
+             "refused": refused, "unchanged": counts.get("unchanged", 0), "failures": int(bool(failed)),
+             "cases_per_s": round(total / seconds, 1)}]
+
+
+def _atheris_child(seconds: int, root: Path) -> None:
+    import atexit
+
+    import atheris
+
     raw, tensors = _valid(root, "badnet-mnist")
     counts: collections.Counter[str] = collections.Counter()
-    deadline = time.time() + seconds
+
+    def save() -> None:
+        (root / "atheris-counts.json").write_text(json.dumps(counts))
+
+    atexit.register(save)
 
     def one(data: bytes) -> None:
-        if time.time() > deadline:
-            raise SystemExit(0)
         outcome = check_outcome(data, tensors, root / "atheris.safetensors")
         counts["refused" if outcome == "refused" else "unchanged" if outcome == "unchanged" else "FAILURE"] += 1
+        if sum(counts.values()) % 256 == 0 or outcome not in ("refused", "unchanged"):
+            save()
         assert outcome in ("refused", "unchanged"), outcome
 
     corpus = root / "corpus"
-    corpus.mkdir()
+    corpus.mkdir(exist_ok=True)
     (corpus / "valid").write_bytes(raw)
-    atheris.Setup([sys.argv[0], str(corpus)], one)
-    try:
-        atheris.Fuzz()
-    except SystemExit:
-        pass
-    total = sum(counts.values())
-    return [{"fuzzer": "atheris", "architecture": "badnet-mnist", "mutation": "coverage-guided bytes", "cases": total,
-             "refused": counts["refused"], "unchanged": counts["unchanged"], "failures": counts["FAILURE"],
-             "cases_per_s": round(total / seconds, 1)}]
+    atheris.instrument_all()  # coverage of every loaded Python function (the loader, safetensors' Python side)
+    atheris.Setup([sys.argv[0], f"-max_len={len(raw) + 4096}", f"-max_total_time={seconds}",
+                   f"-artifact_prefix={root}/", str(corpus)], one)
+    atheris.Fuzz()
 
 
 COLUMNS = ["fuzzer", "architecture", "mutation", "cases", "refused", "unchanged", "failures", "cases_per_s"]
@@ -107,10 +133,15 @@ def main() -> None:
     parser.add_argument("--cases-per-kind", type=int, default=500)
     parser.add_argument("--atheris-seconds", type=int, default=60)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--atheris-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--records", type=Path, default=HERE.parent / "docs" / "records" / "fuzz_modelfile.jsonl",
                         help="Records for docs/ (docs/tables.py renders the table from them).")
     args = parser.parse_args()
     set_threads()
+    if args.atheris_child:
+        _atheris_child(args.atheris_child, args.child_dir)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows, failures = run_structured(args.cases_per_kind, Path(tmp))

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -41,6 +42,7 @@ FIGURES = DOCS / "figures" / "detection"
 VERB = "nc-zoo"
 N_BOOT, BOOT_SEED, LEVEL = 2000, 0, 0.95
 SWEEP = (1.5, 2.0, 2.5, 3.0, 4.0)  # thresholds shown besides the paper's 2
+BLOCKS = ("headline", "scope", "clean", "thresholds", "families", "models")  # the generated blocks of the page
 
 
 # --------------------------------------------------------------------------- running
@@ -111,7 +113,17 @@ def _pct(k: int, n: int) -> str:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def command(records: list[dict[str, Any]]) -> str:
+    """The command that made the records (its options are the zoo and detector settings they hold)."""
+    cfg = records[0]["config"]
+    zoo, det = cfg["zoo"], cfg["detector_params"]
+    return ("BACKDOOR_ARENA_DATA=../shared/data BACKDOOR_ARENA_THREADS=1 .venv/bin/python "
+            f"docs/experiments/nc_population.py --out runs/nc-zoo --clean {zoo['clean']} --backdoored "
+            f"{zoo['backdoored']} --train-size {zoo['train_size']} --min-epochs {zoo['epochs']} --max-epochs "
+            f"{zoo['max_epochs']} --seed {zoo['seed']} --steps {det['steps']} --batch-size {det['batch_size']}")
 
 
 def _spread(values: list[float]) -> str:
@@ -145,9 +157,13 @@ def render_tables(records: list[dict[str, Any]]) -> dict[str, str]:
                            f"{det['n_samples']:,} clean hold-out images (seed {cfg['holdout_seed']}), "
                            f"success threshold {det['success_threshold']:g}, patience {det['patience']}, "
                            f"check every {det['check_every']}; flagged above {det['threshold']:g}; the same for every model"],
+        ["wall time per model", f"training median {statistics.median(r['train_wall_s'] for r in rows):.0f} s "
+                                f"(range {min(r['train_wall_s'] for r in rows):.0f}-{max(r['train_wall_s'] for r in rows):.0f}), "
+                                f"Neural Cleanse median {statistics.median(r['wall_s'] for r in rows):.1f} s; one thread "
+                                "on a 2-core machine shared with two other jobs (pessimistic)"],
         ["intervals", f"AUROC: stratified percentile bootstrap, {N_BOOT} replicates, seed {BOOT_SEED}; rates: Wilson "
                       f"score interval; all at {100 * LEVEL:.0f}%"],
-    ])
+    ]) + f"\nMade by `{command(records)}`.\n"
 
     # the clean population
     def clean_row(name: str, group: list[dict[str, Any]]) -> list[Any]:
@@ -163,21 +179,28 @@ def render_tables(records: list[dict[str, Any]]) -> dict[str, str]:
         ["clean models", "n", "anomaly index min / median / max", f"flagged at {thr:g} (FPR, Wilson 95%)",
          "exact 95% upper bound"], [clean_row(n, g) for n, g in groups])
 
-    # overall and per family
-    fam_rows = [["all backdoored", f"{len(bad)} vs {len(clean)}", f"{_f(s['auroc'])} {_ci(s['auroc_ci'])}",
-                 _pct(s["n_backdoored_flagged"], len(bad)),
+    # overall, backdoors that were learned, and per family
+    e = s["effective"]
+    learned = [r for r in bad if r["attack_success_rate"] is not None and r["attack_success_rate"] >= e["min_asr"]]
+    fam_rows = [["all backdoored", f"{len(bad)} vs {len(clean)}", f"{len(learned)}/{len(bad)}",
+                 f"{_f(s['auroc'])} {_ci(s['auroc_ci'])}", _pct(s["n_backdoored_flagged"], len(bad)),
                  f"{s['n_target_hits']}/{s['n_with_target']}", _spread([r["score"] for r in bad]),
-                 _spread([r["attack_success_rate"] for r in bad])]]
+                 _spread([r["attack_success_rate"] for r in bad])],
+                [f"learned backdoors only (ASR >= {100 * e['min_asr']:.0f}%)", f"{e['n_backdoored']} vs {e['n_clean']}",
+                 f"{len(learned)}/{len(learned)}", f"{_f(e['auroc'])} {_ci(e['auroc_ci'])}",
+                 _pct(e["n_flagged"], e["n_backdoored"]), f"{e['n_target_hits']}/{e['n_with_target']}",
+                 _spread([r["score"] for r in learned]), _spread([r["attack_success_rate"] for r in learned])]]
     for fam, f in s["per_family"].items():
         members = [r for r in bad if r["family"] == fam]
-        fam_rows.append([fam, f"{f['n_backdoored']} vs {f['n_clean']}", f"{_f(f['auroc'])} {_ci(f['auroc_ci'])}",
-                         _pct(f["n_flagged"], f["n_backdoored"]),
+        fam_rows.append([fam, f"{f['n_backdoored']} vs {f['n_clean']}", f"{f['n_learned']}/{f['n_backdoored']}",
+                         f"{_f(f['auroc'])} {_ci(f['auroc_ci'])}", _pct(f["n_flagged"], f["n_backdoored"]),
                          f"{f['n_target_hits']}/{f['n_with_target']}" if f["n_with_target"] else "- (no single target)",
                          _spread([r["score"] for r in members]),
                          _spread([r["attack_success_rate"] for r in members])])
     blocks["families"] = _table(
-        ["backdoored models", "n backdoored vs n clean", "AUROC [95% bootstrap]", f"flagged at {thr:g} (TPR, Wilson 95%)",
-         "suspected = true target", "anomaly index min / median / max", "ASR min / median / max"], fam_rows)
+        ["backdoored models", "n backdoored vs n clean", f"backdoor learned (ASR >= {100 * e['min_asr']:.0f}%)",
+         "AUROC [95% bootstrap]", f"flagged at {thr:g} (TPR, Wilson 95%)", "suspected = true target",
+         "anomaly index min / median / max", "ASR min / median / max"], fam_rows)
 
     # thresholds a user might choose
     sweep = []
@@ -205,9 +228,12 @@ def render_tables(records: list[dict[str, Any]]) -> dict[str, str]:
         f"- AUROC over all {len(bad)} backdoored vs {len(clean)} clean models: {_f(s['auroc'])} "
         f"{_ci(s['auroc_ci'])} (95% bootstrap); TPR at 5% FPR {_f(s['tpr_at_5pct_fpr'])}; flagged at {thr:g}: "
         f"{_pct(s['n_backdoored_flagged'], len(bad))}.",
+        f"- Backdoors that were learned (ASR >= {100 * e['min_asr']:.0f}%: {e['n_backdoored']} of {len(bad)} models): "
+        f"AUROC {_f(e['auroc'])} {_ci(e['auroc_ci'])}; flagged at {thr:g}: {_pct(e['n_flagged'], e['n_backdoored'])}.",
         f"- Target label named correctly for {s['n_target_hits']} of {s['n_with_target']} backdoored models with a "
         f"single target (all-to-all excluded); among those flagged: {_f(s['target_accuracy_flagged'], '.2f')}.",
-    ])
+    ]) + "\n"
+    assert tuple(sorted(blocks)) == tuple(sorted(BLOCKS))
     return blocks
 
 
@@ -246,7 +272,10 @@ def draw_figures(records: list[dict[str, Any]], folder: Path = FIGURES) -> list[
     return [hist, roc]
 
 
-MARKER = re.compile(r"(<!-- nc:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /nc:(?P=name) -->)", re.S)
+# This page's markers, and the suite-wide ones of docs/tables.py (`<!-- table:nc-zoo.NAME -->` ... `<!-- /table -->`,
+# checked by tests/unit/test_docs_tables.py once docs/tables.py registers `docs_tables()`); same bodies.
+MARKERS = (re.compile(r"(<!-- nc:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /nc:(?P=name) -->)", re.S),
+           re.compile(r"(<!-- table:nc-zoo\.(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S))
 
 
 def update_page(text: str, blocks: dict[str, str]) -> str:
@@ -258,13 +287,31 @@ def update_page(text: str, blocks: dict[str, str]) -> str:
         if name not in blocks:
             raise SystemExit(f"{PAGE.name}: no table named {name!r} (known: {', '.join(blocks)})")
         seen.add(name)
-        return m.group(1) + blocks[name].rstrip("\n") + "\n" + m.group(4)
+        return m.group(1) + blocks[name] + m.group(4)
 
-    new = MARKER.sub(sub, text)
+    for marker in MARKERS:
+        text = marker.sub(sub, text)
     missing = sorted(set(blocks) - seen)
     if missing:
         raise SystemExit(f"{PAGE.name} has no marker for table(s) {missing}")
-    return new
+    return text
+
+
+_CACHE: dict[str, dict[str, str]] = {}
+
+
+def render_table(name: str, records: list[dict[str, Any]]) -> str:
+    """One block by name (rendering all of them once per set of records)."""
+    key = json.dumps(records, sort_keys=True)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = render_tables([r for r in records if r.get("verb") == VERB])
+    return _CACHE[key][name]
+
+
+def docs_tables() -> dict[str, tuple[str, Any]]:
+    """For docs/tables.py: {"nc-zoo.NAME": (records file, renderer)}, one per block of this page."""
+    return {f"nc-zoo.{n}": (RECORDS.name, lambda records, n=n: render_table(n, records)) for n in BLOCKS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,9 @@ from backdoor_arena import api
 from backdoor_arena.attacks import make_attack
 from backdoor_arena.data import load_dataset
 from backdoor_arena.defenses import INPUT_DETECTORS, clean_holdout
+from backdoor_arena.defenses.sentinet import SentiNet, grad_cam, top_region
 from backdoor_arena.detection_metrics import auroc, wilson_interval
+from backdoor_arena.metrics import predict
 from backdoor_arena.records import Record, read_jsonl, write_jsonl
 from backdoor_arena.report import pyplot, save_figure
 from backdoor_arena.runtime import versions
@@ -45,6 +47,7 @@ FIGURE = DOCS / "figures" / "detection" / "sentinet_sweep.png"
 VERB = "sentinet-sweep"
 TARGET, POISON_RATE, SEED, FRR, HOLDOUT = 7, 0.1, 0, 0.02, 0.05
 TUNING = "square 4x4 BR"
+LEARNED = 0.5  # below this ASR the model has no backdoor to detect: its row says so
 
 # label -> (attack, trigger kind, trigger options); every patch is white, with the default margin of 1
 TRIGGERS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -58,18 +61,45 @@ TRIGGERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "square 4x4 centre": ("badnets", "square", {"size": 4, "position": "center"}),
     "blend noise a=0.2": ("blended", "noise", {"alpha": 0.2}),
 }
-# detector label -> (registered name, parameters besides frr); sentinet is the default setting, sentinet-t0.5
-# a sensitivity check of the mask threshold (not used to choose anything)
+# detector label -> (registered name, parameters besides frr): sentinet is the library's default setting;
+# sentinet-t0.5 a sensitivity check of its mask threshold and sentinet-top6% the region before this change
+# (both reported, neither used to choose anything)
 DETECTORS: dict[str, tuple[str, dict[str, Any]]] = {
     "sentinet": ("sentinet", {}),
     "strip": ("strip", {"n_fit": 500}),
     "sentinet-t0.5": ("sentinet", {"mask_threshold": 0.5}),
+    "sentinet-top6%": ("sentinet-top-fraction", {"fraction": 0.06}),
 }
 TUNING_GRID = [(t, k) for k in (0, 1) for t in (0.15, 0.3, 0.5, 0.85)]
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class TopFractionSentiNet(SentiNet):
+    """The baseline: SentiNet's region as it was before it was chosen from the model alone, the top `fraction` of
+    Grad-CAM pixels (6% = 47 of 784, "a 4x4 trigger plus margin": a size taken from the attack). Everything else
+    is the library's SentiNet. It lives here, not in the library, as the reference it is."""
+
+    def __init__(self, fraction: float = 0.06, **params: Any) -> None:
+        super().__init__(**params)
+        self.fraction = fraction
+
+    def _regions(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
+        return top_region(grad_cam(self.model, x, logits.argmax(1)), self.fraction)
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        del p["mask_threshold"], p["proposals"]
+        return {**p, "region": "top fraction of the Grad-CAM pixels (baseline)", "region_fraction": self.fraction}
+
+
+def make_detector(name: str, **params: Any) -> Any:
+    if name == "sentinet-top-fraction":
+        return TopFractionSentiNet(**params)
+    return INPUT_DETECTORS.create(name, **params)
 
 
 def trigger_pixels(atk: Any, shape: tuple[int, ...]) -> torch.Tensor:
@@ -87,15 +117,19 @@ def region_stats(det: Any, clean_x: torch.Tensor, trig_x: torch.Tensor, pixels: 
             "trigger_coverage": float(cover.mean()), "trigger_fully_covered": float((cover >= 1).double().mean())}
 
 
-def measure(det: Any, clean_x: torch.Tensor, trig_x: torch.Tensor) -> dict[str, Any]:
-    """FAR/FRR at the detector's own threshold (set at FRR 2% on its clean fit set), AUROC, counts, intervals."""
+def measure(det: Any, clean_x: torch.Tensor, trig_x: torch.Tensor, hit: torch.Tensor) -> dict[str, Any]:
+    """FAR/FRR at the detector's own threshold (set at FRR 2% on its clean fit set), AUROC, counts, intervals;
+    `far_effective`: FAR over the triggered inputs the model does send to the target (`hit`)."""
     cs, ts = det.score(clean_x), det.score(trig_x)
-    missed, rejected = int((ts <= det.threshold).sum()), int((cs > det.threshold).sum())
+    missed, rejected = ts <= det.threshold, cs > det.threshold
+    n_miss, n_rej, n_hit = int(missed.sum()), int(rejected.sum()), int(hit.sum())
     labels = torch.cat([torch.zeros(len(cs)), torch.ones(len(ts))])
     fit_scores = det.clean_scores
-    return {"far": missed / len(ts), "frr": rejected / len(cs), "auroc": auroc(labels, torch.cat([cs, ts])),
-            "far_ci95": list(wilson_interval(missed, len(ts))), "frr_ci95": list(wilson_interval(rejected, len(cs))),
-            "n_triggered_eval": len(ts), "n_clean_eval": len(cs), "triggered_missed": missed, "clean_rejected": rejected,
+    return {"far": n_miss / len(ts), "frr": n_rej / len(cs), "auroc": auroc(labels, torch.cat([cs, ts])),
+            "far_ci95": list(wilson_interval(n_miss, len(ts))), "frr_ci95": list(wilson_interval(n_rej, len(cs))),
+            "n_triggered_eval": len(ts), "n_clean_eval": len(cs), "triggered_missed": n_miss, "clean_rejected": n_rej,
+            "n_triggered_effective": n_hit,
+            "far_effective": int((missed & hit).sum()) / n_hit if n_hit else None,
             "threshold": float(det.threshold),
             "fit_frr": float((fit_scores > det.threshold).double().mean()) if fit_scores is not None else None}
 
@@ -140,20 +174,22 @@ def run(args: argparse.Namespace) -> list[Record]:
         train_s = time.perf_counter() - t0
         _log(f"{label}: ASR {asr:.4f}, clean accuracy {acc:.4f} ({train_s:.0f} s)")
         trig_x = atk.apply_trigger(trig_base)
+        hit = predict(model, trig_x) == TARGET  # the triggered inputs the backdoor does act on
         pixels = trigger_pixels(atk, tuple(clean_x.shape[1:]))
         model_cfg = {**common, "model": label, "attack": kind, "trigger": trigger, "trigger_options": options}
         if label == TUNING:
             records += tune(model, atk, held, pixels, model_cfg, args)
         for dlabel, (name, params) in DETECTORS.items():
             t1 = time.perf_counter()
-            det = INPUT_DETECTORS.create(name, frr=FRR, **params).fit(model, held)
-            values = measure(det, clean_x, trig_x)
-            if name == "sentinet":
+            det = make_detector(name, frr=FRR, **params).fit(model, held)
+            values = measure(det, clean_x, trig_x, hit)
+            if name.startswith("sentinet"):
                 values.update(region_stats(det, clean_x[:200], trig_x[:200], pixels))
             wall = time.perf_counter() - t1
             records.append(Record(
                 verb=VERB, seed=SEED, versions=versions(),
-                config={**model_cfg, "detector": name, "detector_params": det.params()},
+                config={**model_cfg, "detector": "sentinet" if name.startswith("sentinet") else name,
+                        "detector_params": det.params()},
                 metrics={"attack_success_rate": asr, "clean_accuracy": acc, "far": values.pop("far"),
                          "frr": values.pop("frr"), "auroc": values.pop("auroc"), "wall_s": round(wall, 1)},
                 subject={"stage": "sweep", "model": label, "detector": dlabel, "tuning_trigger": label == TUNING,
@@ -179,7 +215,8 @@ def tune(model: Any, atk: Any, held: Any, pixels: torch.Tensor, model_cfg: dict[
         t1 = time.perf_counter()
         det = INPUT_DETECTORS.create("sentinet", frr=FRR, mask_threshold=t, proposals=k, n_fit=args.n_tune_fit)
         det.fit(model, fit_set)
-        values = {**measure(det, clean_x, trig_x), **region_stats(det, clean_x[:200], trig_x[:200], pixels)}
+        hit = predict(model, trig_x) == TARGET
+        values = {**measure(det, clean_x, trig_x, hit), **region_stats(det, clean_x[:200], trig_x[:200], pixels)}
         wall = time.perf_counter() - t1
         cfg = {**model_cfg, "detector": "sentinet", "detector_params": det.params(),
                "eval": {"split": "train (defender hold-out, second half)", "n_clean": len(clean_x),
@@ -222,37 +259,65 @@ def _by(records: list[dict[str, Any]], stage: str) -> dict[tuple[str, str], dict
     return {(r["model"], r["detector"]): r for r in records if r.get("verb") == VERB and r.get("stage") == stage}
 
 
+def _name(m: str, r: dict[str, Any]) -> str:
+    name = f"{m} (tuning trigger)" if r.get("tuning_trigger") else m
+    return name + (" — backdoor not learned, FAR measures nothing" if r["attack_success_rate"] < LEARNED else "")
+
+
+def _models(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    return [m for m in TRIGGERS if (m, "sentinet") in by]
+
+
+def _far(r: dict[str, Any] | None, bold: bool = False) -> str:
+    if r is None:
+        return "—"
+    far = _pct(r["far"])
+    return f"{f'**{far}**' if bold else far} {_ci(r['far_ci95'])}"
+
+
 def sweep_table(records: list[dict[str, Any]]) -> str:
     """FAR per trigger at FRR <= 2% (threshold set on the defender's clean hold-out), SentiNet beside STRIP."""
     by = _by(records, "sweep")
-    models = [m for m in TRIGGERS if (m, "sentinet") in by] + sorted({m for m, _ in by} - set(TRIGGERS))
     rows = []
-    for m in models:
-        s, t, s5 = by.get((m, "sentinet")), by.get((m, "strip")), by.get((m, "sentinet-t0.5"))
-        base = s or t or s5
-        assert base is not None
-        name = f"{m} (tuning trigger)" if base.get("tuning_trigger") else m
-        row = [name, _pct(base["attack_success_rate"], 2), _pct(base["clean_accuracy"], 2)]
+    for m in _models(by):
+        s, t = by[(m, "sentinet")], by.get((m, "strip"))
+        row = [_name(m, s), _pct(s["attack_success_rate"], 2), _pct(s["clean_accuracy"], 2)]
         for r in (s, t):
-            row += ([f"**{_pct(r['far'])}** {_ci(r['far_ci95'])}", _pct(r["frr"]), f"{r['auroc']:.3f}"] if r
-                    else ["—", "—", "—"])
-        row.append(f"{_pct(s5['far'])} {_ci(s5['far_ci95'])}" if s5 else "—")
+            row += [_far(r, bold=True), _pct(r["frr"]), f"{r['auroc']:.3f}"] if r else ["—", "—", "—"]
         rows.append(row)
     header = ["trigger", "ASR", "clean acc.", "SentiNet FAR [95% CI]", "SentiNet FRR", "SentiNet AUROC",
-              "STRIP FAR [95% CI]", "STRIP FRR", "STRIP AUROC", "SentiNet t=0.5 FAR [95% CI]"]
+              "STRIP FAR [95% CI]", "STRIP FRR", "STRIP AUROC"]
     return _md(header, rows) + _scope(list(by.values()))
+
+
+def variants_table(records: list[dict[str, Any]]) -> str:
+    """SentiNet's FAR with other regions on the same models and inputs (none of these chose the default), and
+    the FAR over the triggered inputs the backdoor does act on."""
+    by = _by(records, "sweep")
+    rows = []
+    for m in _models(by):
+        s, t = by[(m, "sentinet")], by.get((m, "strip"))
+        eff = [r.get("far_effective") if r else None for r in (s, t)]
+        rows.append([_name(m, s), _far(s, bold=True), _far(by.get((m, "sentinet-t0.5"))),
+                     _far(by.get((m, "sentinet-top6%"))), f"{_pct(eff[0])} / {_pct(eff[1])}",
+                     str(s.get("n_triggered_effective", "—"))])
+    header = ["trigger", "SentiNet t=0.15 (default)", "SentiNet t=0.5", "SentiNet, old region (top 6% of pixels)",
+              "FAR on inputs the trigger flips: SentiNet / STRIP", "n flipped"]
+    return _md(header, rows)
 
 
 def region_table(records: list[dict[str, Any]]) -> str:
     """What SentiNet transplanted: the size of its region and how much of the trigger it held."""
     by = _by(records, "sweep")
     rows = []
-    for m in [m for m in TRIGGERS if (m, "sentinet") in by]:
-        r = by[(m, "sentinet")]
+    for m in _models(by):
+        r, old = by[(m, "sentinet")], by.get((m, "sentinet-top6%"))
         rows.append([m, f"{r['region_pixels_clean']:.0f}", f"{r['region_pixels_triggered']:.0f}",
-                     _pct(r["trigger_coverage"]), _pct(r["trigger_fully_covered"])])
+                     _pct(r["trigger_coverage"]), _pct(r["trigger_fully_covered"]),
+                     _pct(old["trigger_fully_covered"]) if old else "—"])
     return _md(["trigger", "region, clean inputs (px)", "region, triggered inputs (px)",
-                "trigger pixels inside (mean)", "inputs with the whole trigger inside"], rows)
+                "trigger pixels inside (mean)", "inputs with the whole trigger inside",
+                "whole trigger inside, old top-6% region (47 px)"], rows)
 
 
 def tuning_table(records: list[dict[str, Any]]) -> str:
@@ -286,26 +351,32 @@ def _scope(records: list[dict[str, Any]]) -> str:
 
 def render_tables(records: list[dict[str, Any]]) -> str:
     return ("### FAR at FRR <= 2%, SentiNet beside STRIP\n\n" + sweep_table(records)
-            + "\n### SentiNet's salient region per trigger\n\n" + region_table(records)
+            + "\n### SentiNet's region: the default, a higher threshold, and the old fixed size\n\n"
+            + variants_table(records)
+            + "\n### SentiNet's salient region per trigger (first 200 inputs of each kind)\n\n" + region_table(records)
             + "\n### Tuning (4x4 square model, defender's data)\n\n" + tuning_table(records))
 
 
 def draw_figure(records: list[dict[str, Any]], path: Path = FIGURE) -> Path:
     plt = pyplot()
     by = _by(records, "sweep")
-    models = [m for m in TRIGGERS if (m, "sentinet") in by]
+    models = _models(by)
     fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.27
+    names = {"sentinet": "SentiNet (region: Grad-CAM >= 0.15 x max)", "strip": "STRIP",
+             "sentinet-top6%": "SentiNet, old region (top 6% of pixels, sized from the attack)"}
     for j, (dlabel, colour) in enumerate((("sentinet", "#c0392b"), ("strip", "#2c7fb8"),
-                                         ("sentinet-t0.5", "#f0b27a"))):
+                                         ("sentinet-top6%", "#bdbdbd"))):
         rs = [by.get((m, dlabel)) for m in models]
         xs = [i + (j - 1) * width for i in range(len(models))]
         vals = [100 * r["far"] if r else 0.0 for r in rs]
         err = [[100 * (r["far"] - r["far_ci95"][0]) if r else 0 for r in rs],
                [100 * (r["far_ci95"][1] - r["far"]) if r else 0 for r in rs]]
-        name = {"sentinet": "SentiNet (t=0.15, default)", "strip": "STRIP",
-                "sentinet-t0.5": "SentiNet t=0.5 (sensitivity)"}[dlabel]
-        ax.bar(xs, vals, width, yerr=err, capsize=2, color=colour, label=name)
+        ax.bar(xs, vals, width, yerr=err, capsize=2, color=colour, label=names[dlabel])
+    for i, m in enumerate(models):
+        if by[(m, "sentinet")]["attack_success_rate"] < LEARNED:
+            ax.text(i, 50, "backdoor\nnot learned", ha="center", va="center", fontsize=7, rotation=90,
+                    bbox={"facecolor": "white", "edgecolor": "grey"})
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels([m.replace(" BR", "\nbottom-right").replace(" centre", "\ncentre") for m in models],
                        fontsize=7.5)
