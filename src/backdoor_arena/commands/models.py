@@ -144,8 +144,8 @@ def _attack_options() -> list[inspect.Parameter]:
         out: Out,
         target: Annotated[int, typer.Option(help="Target class (all-to-one, source-specific).")] = 0,
         trigger: Annotated[str | None, typer.Option(
-            help="A trigger kind: pixel, square, pattern or image:PATH for patch attacks (default pattern); noise "
-            "or image:PATH for blended.")] = None,
+            help="A trigger kind: pixel, square, pattern, hollow-square, x or image:PATH for patch attacks (default "
+            "pattern); noise or image:PATH for blended. `backdoor-arena list` shows every registered kind.")] = None,
         trigger_size: Annotated[int | None, typer.Option(help="Side of a square/pattern/image trigger, pixels.")] = None,
         color: Annotated[str | None, typer.Option(help="Trigger colour: white, yellow, ... or R,G,B in [0, 1].")] = None,
         position: Annotated[str | None, typer.Option(
