@@ -194,8 +194,15 @@ def test_bad_input_is_a_one_line_error(args, code, message, mnist_pair, capsys, 
 def test_scan_writes_one_report(mnist_pair, capsys, monkeypatch, tmp_path):
     bad, _spec, _clean = mnist_pair
     code, out, err = run_cli(["scan", str(bad), "-o", str(tmp_path / "scan"), "--json", "-q",
-                          "-p", "neural-cleanse.steps=60", "-p", "neural-cleanse.batch_size=16"], capsys, monkeypatch)
+                          "-p", "neural-cleanse.steps=150", "-p", "neural-cleanse.batch_size=16"], capsys, monkeypatch)
     assert code == 0, err
     r = json.loads(out)
-    assert "neural-cleanse" in r["detectors"] and (tmp_path / "scan" / "scan.json").is_file()
-    assert (tmp_path / "scan" / "reversed_triggers.png").is_file()
+    # the scan's verdict is its detectors' verdict: the infected model is flagged, with the right target
+    nc = r["detectors"]["neural-cleanse"]
+    assert r["flagged"] is any(d["flagged"] for d in r["detectors"].values()) is True
+    assert nc["flagged"] is True and nc["suspected_target"] == 7 and nc["params"] == {"steps": 150, "batch_size": 16}
+    # the report on disk is what was printed, and the per-detector result file is the same result
+    on_disk = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert on_disk == {k: v for k, v in r.items() if k != "report"}
+    assert json.loads((tmp_path / "scan" / "neural-cleanse.json").read_text())["anomaly_index"] == nc["anomaly_index"]
+    assert (tmp_path / "scan" / "reversed_triggers.png").stat().st_size > 1000
