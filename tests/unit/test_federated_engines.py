@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -81,13 +82,30 @@ def test_vectorised_refuses_batchnorm_and_auto_picks_sequential(fed):
         "sequential"
 
 
-def test_choose_engine_measures_and_returns_a_registered_engine(fed):
+@pytest.mark.parametrize("slow", ["sequential", "vectorised"])
+def test_choose_engine_picks_the_engine_that_is_faster_here(fed, monkeypatch, slow):
+    """The choice follows the measurement: an engine made 100 ms slower per call loses, whichever it is, and the
+    prediction scales a step by sum_k (sequential) or max_k (vectorised) of the clients' step counts."""
+    import time as _time
+
+    cls = engines.SequentialEngine if slow == "sequential" else engines.VectorisedEngine
+    original = cls.train
+
+    def slowed(self, *args, **kwargs):
+        _time.sleep(0.1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "train", slowed)
     model, _ = create_model("badnet-mnist", fed.dataset.info, seed=0)
-    name, timing = choose_engine(model, fed.dataset.images, fed.dataset.labels, list(fed.indices[:4]),
-                                 LocalTraining(1, 20, 0.1), repeats=1)
-    assert name in ("sequential", "vectorised")
-    faster = min(("sequential", "vectorised"), key=lambda n: timing[f"{n}_epoch_s"])
-    assert name == faster and all(v > 0 for v in timing.values())
+    idx, cfg = list(fed.indices[:4]), LocalTraining(1, 20, 0.1)
+    name, timing = choose_engine(model, fed.dataset.images, fed.dataset.labels, idx, cfg, repeats=1, min_time_s=0.0)
+    steps = [math.ceil(len(i) / 20) for i in idx]
+    assert timing["sequential_epoch_s"] == pytest.approx(timing["sequential_step_s"] * sum(steps))
+    assert timing["vectorised_epoch_s"] == pytest.approx(timing["vectorised_step_s"] * max(steps))
+    if slow == "vectorised":  # 100 ms per vmapped call dwarfs a tiny model's step
+        assert timing["vectorised_step_s"] >= 0.1 and name == "sequential"
+    else:  # 100 ms per client: the sequential prediction grows with every client's step count
+        assert timing["sequential_step_s"] >= 0.1 / max(steps) and name == "vectorised"
 
 
 def test_engine_choices_are_memoised_by_the_chooser_that_owns_them(fed, monkeypatch):
