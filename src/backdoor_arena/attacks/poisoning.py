@@ -351,15 +351,7 @@ def _registered_name(value: Any, key: str, known: list[str]) -> str:
 def check_model_attack_entry(entry: dict[str, Any]) -> None:
     """Validate a spec's `model_attack` entry with the `spec_schema` of the model-level attack it names."""
 
-    if "name" not in entry:
-        raise ConfigError(f"attack spec: model_attack.name: a required key is missing (one of "
-                          f"{', '.join(MODEL_ATTACKS.names())})")
-    try:
-        cls = MODEL_ATTACKS.get(_registered_name(entry["name"], "model_attack.name", MODEL_ATTACKS.names()))
-    except ConfigError as exc:
-        message = str(exc)
-        raise ConfigError(message if message.startswith("attack spec") else
-                          f"attack spec: model_attack.name: {message}") from None
+    cls = _spec_class(MODEL_ATTACKS, entry, "name", "model_attack.name", "one of")
     schema = getattr(cls, "spec_schema", None)
     if schema is not None:
         validate(schema, entry, "attack spec: model_attack")
@@ -380,15 +372,18 @@ def attack_from_spec(spec: Any) -> PoisoningAttack:
         raise ConfigError(f"attack spec: spec_version {json.dumps(version, default=str)[:40]} is not supported "
                           f"(this version reads spec_version {SPEC_VERSION}); regenerate the spec with "
                           "`backdoor-arena attack`")
-    if "attack" not in spec:
-        raise ConfigError(f"attack spec: attack: a required key is missing (the attack's name: "
-                          f"{', '.join(ATTACKS.names())})")
+    return _spec_class(ATTACKS, spec, "attack", "attack", "the attack's name:").from_spec(spec)
+
+
+def _spec_class(registry: Any, entry: dict[str, Any], key: str, field: str, known: str) -> Any:
+    """The registered class a spec field names, or one ConfigError that names the field."""
+    if key not in entry:
+        raise ConfigError(f"attack spec: {field}: a required key is missing ({known} {', '.join(registry.names())})")
     try:
-        cls = ATTACKS.get(_registered_name(spec["attack"], "attack", ATTACKS.names()))
+        return registry.get(_registered_name(entry[key], field, registry.names()))
     except ConfigError as exc:
         message = str(exc)
-        raise ConfigError(message if message.startswith("attack spec") else f"attack spec: attack: {message}") from None
-    return cls.from_spec(spec)
+        raise ConfigError(message if message.startswith("attack spec") else f"attack spec: {field}: {message}") from None
 
 
 def _named(message: str, what: str) -> str:
