@@ -14,6 +14,22 @@ from ..runtime import versions
 _MODEL_METRICS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 
 
+class _Readable:
+    """r["clean_accuracy"], "key" in r, r.get(...): a result read as the JSON object its to_dict() prints."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """`train` and `attack`: the model file written, its manifest, final test metrics, per-epoch history,
@@ -45,7 +61,7 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class EvaluationResult:
+class EvaluationResult(_Readable):
     """`evaluate`: clean accuracy on the test split; with an attack spec, ASR and robust accuracy."""
 
     model: str
@@ -57,12 +73,6 @@ class EvaluationResult:
         return json_safe({"model": self.model, "architecture": self.architecture, "dataset": self.dataset,
                           **self.metrics})
 
-    def __getitem__(self, key: str) -> Any:  # r["clean_accuracy"], as the dict it used to be
-        return self.to_dict()[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
-
     def records(self) -> list[Record]:
         return [Record("evaluate", {"model": self.model}, None, {k: self.metrics[k] for k in _MODEL_METRICS
                                                                   if k in self.metrics},
@@ -70,7 +80,7 @@ class EvaluationResult:
 
 
 @dataclass(frozen=True)
-class DefenseResult:
+class DefenseResult(_Readable):
     """`defend`: the repaired model file, its curve files, and test metrics before and after."""
 
     defense: str
@@ -100,9 +110,6 @@ class DefenseResult:
             "tensors_sha256": self.tensors_sha256,
         })
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
     def records(self) -> list[Record]:
         config = {"defense": self.defense, "params": self.params, "clean_samples": self.clean_samples}
         return [Record("defend", config, self.seed, {**self.after, "wall_s": self.wall_time_s},
@@ -111,7 +118,7 @@ class DefenseResult:
 
 
 @dataclass(frozen=True)
-class DetectionResult:
+class DetectionResult(_Readable):
     """`detect`: one detector on one model file. `kind` is model, input or data; `values` holds the
     kind's measurements (score/flagged/threshold/suspected_target; threshold/frr/far/auroc; removal
     precision/recall/auroc) under the names the docs use."""
@@ -135,15 +142,6 @@ class DetectionResult:
             out["figure"] = str(self.figure)
         return json_safe(out)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
     def records(self) -> list[Record]:
         numeric = {k: v for k, v in self.values.items() if isinstance(v, (int, float, bool)) or v is None}
         return [Record("detect", {"detector": self.detector, "params": self.params}, self.seed,
@@ -153,7 +151,7 @@ class DetectionResult:
 
 
 @dataclass(frozen=True)
-class ScanResult:
+class ScanResult(_Readable):
     """`scan`: every model-level detector on one model; `flagged` if any flags it."""
 
     model: str
@@ -167,9 +165,6 @@ class ScanResult:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "flagged": self.flagged, "report": str(self.report),
                 "detectors": {k: v.to_dict() for k, v in self.detectors.items()}}
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
 
     def records(self) -> list[Record]:
         return [r for d in self.detectors.values() for r in d.records()]
