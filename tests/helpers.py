@@ -53,3 +53,34 @@ def run_cli(args, capsys, monkeypatch):
         code = exc.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+class Exploding(torch.nn.Module):
+    """Wraps a model and fails on the n-th forward call (the count is shared by deep copies): conformance tests
+    use it to check that plugins clean up (hooks, training mode) after a failure half-way."""
+
+    calls = [0]
+
+    def __init__(self, inner: torch.nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after = inner, after
+
+    def forward(self, x):
+        Exploding.calls[0] += 1
+        if Exploding.calls[0] > self.after:
+            raise ValueError("injected failure")
+        return self.inner(x)
+
+
+def no_hooks(model: torch.nn.Module) -> bool:
+    """No forward, backward or pre-forward hook left on any module or parameter."""
+    return all(not (m._forward_hooks or m._backward_hooks or m._forward_pre_hooks) for m in model.modules()) and all(
+        not p._backward_hooks for p in model.parameters() if getattr(p, "_backward_hooks", None) is not None)
+
+
+def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

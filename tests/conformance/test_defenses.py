@@ -16,7 +16,7 @@ from backdoor_arena.data.dataset import Dataset, DatasetInfo
 from backdoor_arena.defenses import MITIGATIONS, ROBUST_TRAINERS
 from backdoor_arena.errors import ArenaError, ConfigError
 from backdoor_arena.train import TrainConfig, create_model, fit
-from tests.helpers import TINY_INFO, TINY_RGB_INFO, tiny_dataset
+from tests.helpers import TINY_INFO, TINY_RGB_INFO, Exploding, no_hooks, same_state, state_of, tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +27,6 @@ def model_and_data():
     return model, ds
 
 
-def _no_hooks(model):
-    return all(not (m._forward_hooks or m._backward_hooks or m._forward_pre_hooks) for m in model.modules()) and all(
-        not p._backward_hooks for p in model.parameters() if getattr(p, "_backward_hooks", None) is not None)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _mitigation(name):
@@ -49,13 +38,13 @@ def _mitigation(name):
 def test_mitigation_contract(name, model_and_data):
     model, ds = model_and_data
     model = copy.deepcopy(model).train()  # the caller's mode must survive
-    before, images, labels = _state(model), ds.images.clone(), ds.labels.clone()
+    before, images, labels = state_of(model), ds.images.clone(), ds.labels.clone()
     a = _mitigation(name).repair(model, ds)
     b = _mitigation(name).repair(model, ds)
-    assert _same(_state(model), before) and torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
-    assert model.training and _no_hooks(model) and _no_hooks(a.model)
+    assert same_state(state_of(model), before) and torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
+    assert model.training and no_hooks(model) and no_hooks(a.model)
     assert a.model is not model and not a.model.training
-    assert _same(_state(a.model), _state(b.model))  # same seed, same output
+    assert same_state(state_of(a.model), state_of(b.model))  # same seed, same output
     assert isinstance(a.curve, list) and isinstance(a.info, dict)
 
 
@@ -90,29 +79,15 @@ def test_mitigation_cleans_up_after_an_exception(name, model_and_data):
         pytest.fail(f"{name}: repair must accept monitor= (the evaluator's view along the curve)")
     for training in (True, False):
         model = copy.deepcopy(model).train(training)
-        before = _state(model)
+        before = state_of(model)
         calls: list[int] = []
         _mitigation(name).repair(model, ds, monitor=_counting(calls))
         assert calls, "the monitor is called at least once"
         with pytest.raises(RuntimeError, match="evaluator failed"):
             _mitigation(name).repair(model, ds, monitor=_failing_on_last(calls))
-        assert model.training == training and _no_hooks(model) and _same(_state(model), before)
+        assert model.training == training and no_hooks(model) and same_state(state_of(model), before)
 
 
-class Exploding(torch.nn.Module):
-    """Wraps a model and fails on the n-th forward call (the count is shared by deep copies)."""
-
-    calls = [0]
-
-    def __init__(self, inner: torch.nn.Module, after: int) -> None:
-        super().__init__()
-        self.inner, self.after = inner, after
-
-    def forward(self, x):
-        Exploding.calls[0] += 1
-        if Exploding.calls[0] > self.after:
-            raise ValueError("injected failure")
-        return self.inner(x)
 
 
 @pytest.mark.parametrize("name", MITIGATIONS.names())
@@ -124,11 +99,11 @@ def test_mitigation_cleans_up_after_a_forward_pass_fails(name, model_and_data):
     for after in sorted({1, total // 2, total - 1}):  # early (activation capture) ... the last pass
         for training in (True, False):
             wrapped = Exploding(copy.deepcopy(model), after).train(training)
-            before = _state(wrapped)
+            before = state_of(wrapped)
             Exploding.calls[0] = 0
             with pytest.raises((ValueError, ArenaError)):
                 _mitigation(name).repair(wrapped, ds)
-            assert wrapped.training == training and _no_hooks(wrapped) and _same(_state(wrapped), before)
+            assert wrapped.training == training and no_hooks(wrapped) and same_state(state_of(wrapped), before)
 
 
 @pytest.mark.parametrize("name", MITIGATIONS.names())
@@ -141,7 +116,7 @@ def test_mitigation_refuses_a_clean_set_that_does_not_fit_in_one_line(name, mode
         with pytest.raises(ArenaError) as err:
             _mitigation(name).repair(model, clean)
         assert "\n" not in str(err.value) and ("clean" in str(err.value) or "shape" in str(err.value))
-        assert model.training and _no_hooks(model)
+        assert model.training and no_hooks(model)
 
 
 @pytest.mark.parametrize("name", ROBUST_TRAINERS.names())
@@ -152,8 +127,8 @@ def test_robust_trainer_contract(name):
     a = cls(**cls.example_params).fit(ds)
     b = cls(**cls.example_params).fit(ds)
     assert torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
-    assert _same(_state(a.model), _state(b.model))  # same seed, same model
-    assert _no_hooks(a.model) and not a.model.training
+    assert same_state(state_of(a.model), state_of(b.model))  # same seed, same model
+    assert no_hooks(a.model) and not a.model.training
     assert a.epsilon > 0 and 0 < a.delta < 1  # the certificate
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from backdoor_arena.defenses import DATA_FILTERS, INPUT_DETECTORS, MODEL_DETECTORS
 from backdoor_arena.errors import ArenaError, ConfigError
 from backdoor_arena.train import TrainConfig, create_model, fit
-from tests.helpers import TINY_RGB_INFO, tiny_dataset
+from tests.helpers import TINY_RGB_INFO, Exploding, tiny_dataset
 
 REGISTRY = {"model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}
 ALL = [(kind, name) for kind, registry in REGISTRY.items() for name in registry.names()]
@@ -73,20 +73,6 @@ def test_bad_parameters_raise_config_error(kind, name):
             cls(**{**cls.example_params, **bad})
 
 
-class Exploding(nn.Module):
-    """Wraps a model and fails on the n-th forward call (the count is shared by deep copies)."""
-
-    calls = [0]
-
-    def __init__(self, inner: nn.Module, after: int) -> None:
-        super().__init__()
-        self.inner, self.after = inner, after
-
-    def forward(self, x):
-        Exploding.calls[0] += 1
-        if Exploding.calls[0] > self.after:
-            raise ValueError("injected failure")
-        return self.inner(x)
 
 
 @pytest.mark.parametrize("kind, name", ALL)

@@ -26,7 +26,7 @@ from backdoor_arena.modelfile import Manifest, load_model, save_model
 from backdoor_arena.models import MODELS, architecture_args
 from backdoor_arena.train import TrainConfig, TrainHistory, create_model, fit
 from backdoor_arena.triggers import TRIGGERS, make_trigger, trigger_from_dict
-from tests.helpers import TINY_RGB_INFO, tiny_dataset
+from tests.helpers import TINY_RGB_INFO, no_hooks, same_state, state_of, tiny_dataset
 
 # The registries whose plugins declare their parameters, and the constructor each kind's parameters go to
 # (per kind, not per plugin): poisoning attacks and triggers are built by `build`, less what the dataset gives.
@@ -117,17 +117,6 @@ def test_attack_bad_parameters(name):
 
 
 # --------------------------------------------------------------------------- model-level attacks
-def _no_hooks(model):
-    return all(not (m._forward_hooks or m._backward_hooks or m._forward_pre_hooks) for m in model.modules()) and all(
-        not p._backward_hooks for p in model.parameters() if getattr(p, "_backward_hooks", None) is not None)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +154,7 @@ def test_model_attack_contract(name, clean_model_and_data):
     cls = MODEL_ATTACKS.get(name)
     clean, ds = clean_model_and_data
     clean = copy.deepcopy(clean).train()  # the caller's mode must survive
-    before, images, labels = _state(clean), ds.images.clone(), ds.labels.clone()
+    before, images, labels = state_of(clean), ds.images.clone(), ds.labels.clone()
     config = TrainConfig(epochs=1, batch_size=16, progress=False)
     results = []
     for _ in range(2):
@@ -176,10 +165,10 @@ def test_model_attack_contract(name, clean_model_and_data):
         assert isinstance(history, TrainHistory) and len(history.epochs) == len(calls) >= 1
         assert extra["model_attack"]["name"] == name
         json.dumps(extra)  # goes into the attack spec
-        assert _no_hooks(model) and not model.training
-        results.append(_state(model))
-    assert _same(results[0], results[1])  # same seed, same model
-    assert _same(_state(clean), before) and clean.training and _no_hooks(clean)
+        assert no_hooks(model) and not model.training
+        results.append(state_of(model))
+    assert same_state(results[0], results[1])  # same seed, same model
+    assert same_state(state_of(clean), before) and clean.training and no_hooks(clean)
     assert torch.equal(ds.images, images) and torch.equal(ds.labels, labels)
 
 
@@ -189,9 +178,9 @@ def test_model_attack_cleans_up_after_an_exception(name, clean_model_and_data):
     clean, ds = clean_model_and_data
     for training in (True, False):
         clean = copy.deepcopy(clean).train(training)
-        before = _state(clean)
+        before = state_of(clean)
         model, _ = create_model("gtsrb-cnn", TINY_RGB_INFO, 0)
-        fresh = _state(model)
+        fresh = state_of(model)
         train_fn = cls(_poisoning(), **cls.example_params).trainer(
             "gtsrb-cnn", ds, TrainConfig(epochs=1, batch_size=16, progress=False), clean_model=clean)
 
@@ -200,8 +189,8 @@ def test_model_attack_cleans_up_after_an_exception(name, clean_model_and_data):
 
         with pytest.raises(RuntimeError, match="evaluator failed"):
             train_fn(model, failing_monitor)
-        assert _no_hooks(model) and _same(_state(model), fresh)
-        assert clean.training == training and _no_hooks(clean) and _same(_state(clean), before)
+        assert no_hooks(model) and same_state(state_of(model), fresh)
+        assert clean.training == training and no_hooks(clean) and same_state(state_of(clean), before)
 
 
 # --------------------------------------------------------------------------- triggers
