@@ -14,6 +14,11 @@ from ..runtime import versions
 _MODEL_METRICS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 
 
+def _model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The model-level metrics present in an evaluation: clean accuracy, and with a spec ASR and robust accuracy."""
+    return {k: metrics[k] for k in _MODEL_METRICS if k in metrics}
+
+
 class _Readable:
     """r["clean_accuracy"], "key" in r, r.get(...): a result read as the JSON object its to_dict() prints."""
 
@@ -44,7 +49,7 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         privacy = self.manifest.training.get("privacy") or {}
-        out = {"model": str(self.path), **{k: self.metrics[k] for k in _MODEL_METRICS if k in self.metrics},
+        out = {"model": str(self.path), **_model_metrics(self.metrics),
                "wall_time_s": self.manifest.training.get("wall_time_s")}
         if self.spec_path is not None:
             out["attack_spec"] = str(self.spec_path)
@@ -54,7 +59,7 @@ class TrainResult:
 
     def records(self) -> list[Record]:
         t = self.manifest.training
-        metrics = {k: self.metrics[k] for k in _MODEL_METRICS if k in self.metrics}
+        metrics = _model_metrics(self.metrics)
         return [Record(self.verb, t.get("config", {}), t.get("seed"), {**metrics, "wall_s": t.get("wall_time_s")},
                        {"model": str(self.path), "architecture": self.manifest.architecture,
                         "dataset": self.manifest.dataset}, t.get("versions", {}))]
@@ -74,8 +79,7 @@ class EvaluationResult(_Readable):
                           **self.metrics})
 
     def records(self) -> list[Record]:
-        return [Record("evaluate", {"model": self.model}, None, {k: self.metrics[k] for k in _MODEL_METRICS
-                                                                  if k in self.metrics},
+        return [Record("evaluate", {"model": self.model}, None, _model_metrics(self.metrics),
                        {"model": self.model, "architecture": self.architecture, "dataset": self.dataset}, versions())]
 
 
