@@ -44,7 +44,7 @@ def test_a_rule_that_breaks_a_property_fails_its_check():
         def aggregate(self, updates, weights, generator, state):
             return AggregationResult(updates[0].clone())
 
-        def reference(self, updates, weights, generator):
+        def reference(self, updates, weights, generator, state=None):
             return AggregationResult(updates.mean(0))
 
     with AGGREGATORS.temporarily("toy-first-row", FirstRow):

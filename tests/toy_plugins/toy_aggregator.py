@@ -23,7 +23,7 @@ class ToyMedian(Aggregator):
         check_stack(updates, weights)
         return AggregationResult(updates.median(dim=0).values)
 
-    def reference(self, updates, weights, generator):
+    def reference(self, updates, weights, generator, state=None):
         n = updates.shape[0]
         out = torch.stack([updates[:, j].sort().values[(n - 1) // 2] for j in range(updates.shape[1])])
         return AggregationResult(out)

@@ -6,7 +6,9 @@ Every aggregator has one call, mirroring Flower's strategies:
 
 `weights` are the clients' reported sample counts n_k; `generator` is the server's explicit random stream
 (noise, random rule draws); `state` is a dict the round pipeline keeps for this aggregator between rounds
-(for rules with memory, e.g. centered clipping's momentum; the rules here keep none). The result is typed:
+(for rules with memory, e.g. centered clipping's centre) and fills before every call with the round's inputs
+beyond the stack: `global_weights` (w_t, flat) and, for rules whose `server_root_samples()` > 0, the
+server's own `server_update` (FLTrust). The result is typed:
 the update [d] the server applies (w_{t+1} = w_t + server_lr * update), which rows entered it (`selected`),
 the weight each row carried (`weights`), per-client `scores` (suspicion, distance), the factor each row was
 scaled by (`clip_factors`), and a flat `info` dict of diagnostics. Fields a rule does not produce are None.
@@ -23,18 +25,20 @@ reading of Sun et al. 2019 Sec. 5 ("independent Gaussian noise ... to each coord
 With "sum" sigma applies to the weighted sum sum_k n_k u_k before the division by sum_k n_k (the
 DP-FedAvg convention of McMahan et al. 2018), so the applied update gets sigma / sum_k n_k.
 
+The Byzantine-robust rules and MixTailor live in robust.py.
+
 Adding a rule: one class, one registration (see docs/architecture.md):
 
-    @AGGREGATORS.register("coordinate-median")
+    @AGGREGATORS.register("my-median")
     @dataclass(frozen=True)
-    class CoordinateMedian(Aggregator):
+    class MyMedian(Aggregator):
         example_params: ClassVar[dict[str, Any]] = {}
         bad_params: ClassVar[...] = (({"nope": 1}, "no parameter"),)
         param_help: ClassVar[dict[str, str]] = {}
         def aggregate(self, updates, weights, generator, state):
             check_stack(updates, weights)
             return AggregationResult(updates.median(dim=0).values)
-        def reference(self, updates, weights, generator): ...  # a loop over coordinates
+        def reference(self, updates, weights, generator, state=None): ...  # a loop over coordinates
 """
 
 from __future__ import annotations
@@ -88,8 +92,17 @@ class Aggregator:
                   state: dict[str, Any]) -> AggregationResult:
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate()")
 
-    def reference(self, updates: torch.Tensor, weights: torch.Tensor, generator: torch.Generator) -> AggregationResult:
+    def reference(self, updates: torch.Tensor, weights: torch.Tensor, generator: torch.Generator,
+                  state: dict[str, Any] | None = None) -> AggregationResult:
+        """`state` holds the same round inputs as aggregate's (global_weights, server_update); a reference
+        never writes to it."""
         raise NotImplementedError(f"{type(self).__name__} must implement reference() (a slow per-row loop)")
+
+    def server_root_samples(self) -> int:
+        """How many clean images the server needs for its own update each round (FLTrust's root data);
+        0 = none. The pipeline then puts that update in state["server_update"] before aggregating."""
+        inner = getattr(self, "inner", None)
+        return inner.server_root_samples() if isinstance(inner, Aggregator) else 0
 
     def public_params(self) -> dict[str, Any]:
         inner = getattr(self, "inner", None)
@@ -206,7 +219,7 @@ class FedAvg(Aggregator):
         w = self._weights(weights)
         return AggregationResult(weighted_mean(updates, w), weights=w.clone(), info={"weight_sum": float(w.sum())})
 
-    def reference(self, updates, weights, generator):
+    def reference(self, updates, weights, generator, state=None):
         w = [float(x) if self.weighting == "samples" else 1.0 for x in weights]
         return AggregationResult(loop_weighted_mean(updates, w), weights=torch.tensor(w, dtype=weights.dtype))
 
@@ -241,10 +254,10 @@ class NormClip(Aggregator):
         inner = self.inner.aggregate(updates * factors.unsqueeze(1), weights, generator, state)
         return _with_factors(inner, factors)
 
-    def reference(self, updates, weights, generator):
+    def reference(self, updates, weights, generator, state=None):
         factors = [1.0 / max(1.0, loop_norm(u) / self.max_norm) for u in updates]
         clipped = torch.stack([u * f for u, f in zip(updates, factors, strict=True)])
-        return _with_factors(self.inner.reference(clipped, weights, generator), torch.tensor(factors, dtype=updates.dtype))
+        return _with_factors(self.inner.reference(clipped, weights, generator, state), torch.tensor(factors, dtype=updates.dtype))
 
     def public_params(self) -> dict[str, Any]:
         out = super().public_params()
@@ -297,8 +310,8 @@ class GaussianNoise(Aggregator):
         noise = gaussian_noise(inner.update.shape, std, generator, inner.update.dtype).to(inner.update.device)
         return inner.replace(update=inner.update + noise, info={**inner.info, "noise_std": std})
 
-    def reference(self, updates, weights, generator):
-        inner = self.inner.reference(updates, weights, generator)
+    def reference(self, updates, weights, generator, state=None):
+        inner = self.inner.reference(updates, weights, generator, state)
         std = self._std(inner, weights)
         noise = torch.randn(updates.shape[1], generator=generator, dtype=inner.update.dtype) * std
         return inner.replace(update=inner.update + noise)
@@ -338,8 +351,8 @@ class WeakDP(Aggregator):
     def aggregate(self, updates, weights, generator, state):
         return self.chain().aggregate(updates, weights, generator, state)
 
-    def reference(self, updates, weights, generator):
-        return self.chain().reference(updates, weights, generator)
+    def reference(self, updates, weights, generator, state=None):
+        return self.chain().reference(updates, weights, generator, state)
 
 
 def make_aggregator(spec: str | dict[str, Any] | None) -> Aggregator:

@@ -113,8 +113,18 @@ def check_declarations(kind: str, name: str) -> None:
 
 # ---- aggregators --------------------------------------------------------------------------------------------
 
+def round_inputs(updates: torch.Tensor, seed: int = 11) -> dict[str, torch.Tensor]:
+    """What the pipeline puts in an aggregator's state before a round: the global weights w_t and the
+    server's own update (FLTrust), here a noisy copy of the mean update."""
+    g = torch.Generator().manual_seed(seed)
+    d = updates.shape[1]
+    return {"global_weights": torch.randn(d, generator=g, dtype=updates.dtype),
+            "server_update": updates.mean(0) + 0.3 * torch.randn(d, generator=g, dtype=updates.dtype)}
+
+
 def _aggregate(name: str, updates: torch.Tensor, weights: torch.Tensor, seed: int) -> AggregationResult:
-    return build("aggregator", name).aggregate(updates, weights, torch.Generator().manual_seed(seed), {})
+    return build("aggregator", name).aggregate(updates, weights, torch.Generator().manual_seed(seed),
+                                               round_inputs(updates))
 
 
 def check_aggregator_result(name: str) -> None:
@@ -144,8 +154,8 @@ def check_aggregator_reference(name: str) -> None:
     for seed in (0, 1):
         updates, weights = tiny_stack(seed)
         agg = build("aggregator", name)
-        fast = agg.aggregate(updates, weights, torch.Generator().manual_seed(5), {})
-        slow = agg.reference(updates, weights, torch.Generator().manual_seed(5))
+        fast = agg.aggregate(updates, weights, torch.Generator().manual_seed(5), round_inputs(updates))
+        slow = agg.reference(updates, weights, torch.Generator().manual_seed(5), round_inputs(updates))
         scale = 1e-5 * max(1.0, float(updates.abs().max()))
         assert torch.allclose(fast.update, slow.update.to(fast.update.dtype), atol=scale, rtol=1e-5), \
             f"aggregator {name!r} differs from its reference by {float((fast.update - slow.update).abs().max())}"
