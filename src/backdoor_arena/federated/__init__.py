@@ -17,7 +17,7 @@ from .config import Scenario, load_scenario, parse_overrides, scenario_threads, 
 from .engines import ENGINES, Engine, EngineChooser, choose_engine
 from .leaf import WRITER_FILES, load_leaf_femnist, load_tff_emnist
 from .partition import FederatedData, partition_by_writer
-from . import robust  # noqa: F401 - registers the Byzantine-robust rules and MixTailor
+from . import robust, tailored  # noqa: F401 - register the Byzantine-robust rules, MixTailor, tailored attacks
 from .pipeline import Federation, FederationCache, RoundPipeline, RoundResult
 from .simulation import SimulationResult, run_scenario, simulate
 from .task import AttackerData, BackdoorTask

@@ -2,8 +2,9 @@
 
 One call per attack: `craft(ctx: AttackContext) -> AttackResult`. The context holds what the attackers of
 the round know: the global model and its flat weights w_t, their own data, the round, a seed, how many of
-them were sampled and their client ids and reported weights, the server learning rate and the aggregator's
-public parameters (`aggregator.public_params()`, e.g. max_norm). An attack whose class declares
+them were sampled and their client ids and reported weights, the server learning rate, the aggregator's
+public parameters (`aggregator.public_params()`, e.g. max_norm) and the rule itself (`aggregator`, to simulate;
+a MixTailor rule shows its pool, never its draw). An attack whose class declares
 `omniscient = True` also sees the round's benign updates [n_benign, d] and their weights (tailored attacks:
 ALIE, IPM, Fang et al.); every other attack gets None there. The result holds one update per malicious
 client ([m, d], in the order of `ctx.malicious_ids`) and a flat dict of diagnostics.
@@ -51,6 +52,7 @@ class AttackContext:
     aggregator_params: Mapping[str, Any] = field(default_factory=dict)  # aggregator.public_params()
     benign_updates: torch.Tensor | None = None  # [n_benign, d], omniscient attacks only
     benign_weights: torch.Tensor | None = None  # [n_benign], omniscient attacks only
+    aggregator: Any = None  # the server's rule object (public, as its parameters are): attacks may simulate it
 
     @property
     def n_params(self) -> int:

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 from ..runtime import seeded
 from .adversaries import ADVERSARIES
-from .aggregators import AGGREGATORS, AggregationResult
+from .aggregators import AGGREGATORS, AggregationResult, make_aggregator
 from .attacks import CLIENT_ATTACKS, AttackContext, AttackResult
 from .components import constructor_params, make_component
 from .engines import ENGINES, LocalTraining, flat_params, sgd_local
@@ -218,8 +218,9 @@ def tiny_context(omniscient: bool, n_malicious: int = 2, seed: int = 3) -> Attac
         model=model, global_weights=w, data=AttackerData(images, labels, 6), round=3, seed=seed,
         n_malicious=n_malicious, malicious_ids=tuple(range(100, 100 + n_malicious)), malicious_weights=m_weights,
         weight_sum=float(b_weights.sum() + m_weights.sum()), server_lr=1.0,
-        aggregator_params={"max_norm": 1.0, "weighting": "samples"},
-        benign_updates=benign if omniscient else None, benign_weights=b_weights if omniscient else None)
+        aggregator_params={"max_norm": 1.0, "weighting": "samples", "f": 1},
+        benign_updates=benign if omniscient else None, benign_weights=b_weights if omniscient else None,
+        aggregator=make_aggregator({"name": "mixtailor", "pool": ["krum", "coordinate-median", "trimmed-mean"]}))
 
 
 def _craft(name: str, ctx: AttackContext) -> AttackResult:

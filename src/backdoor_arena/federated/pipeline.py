@@ -323,6 +323,7 @@ class RoundPipeline:
             server_lr=fed.scenario["federation.server_lr"], aggregator_params=fed.aggregator.public_params(),
             benign_updates=benign.clone() if omniscient else None,
             benign_weights=benign_weights.clone() if omniscient else None,
+            aggregator=fed.aggregator,
         )
 
     def craft(self, t: int, sel: Selection, benign: torch.Tensor, benign_weights: torch.Tensor,

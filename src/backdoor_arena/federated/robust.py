@@ -763,13 +763,13 @@ class MixTailor(Aggregator):
             problems.append(f"pool must be a list of 1 to 256 aggregators, got {pool!r}")
         _raise("mixtailor", problems)
         specs, members = [], []
-        for spec in pool:
-            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        for given in pool:
+            spec = {"name": given} if isinstance(given, str) else dict(given)
             cls = AGGREGATORS.get(spec.get("name", "")) if isinstance(spec.get("name"), str) else None
             if cls is not None and "f" in getattr(cls, "__dataclass_fields__", {}) and "f" not in spec:
                 spec["f"] = self.f
             members.append(make_component(AGGREGATORS, spec, "mixtailor pool member"))
-            specs.append(spec)
+            specs.append(given)  # labelled as the user wrote it (f comes from the pool)
         object.__setattr__(self, "members", tuple(members))
         object.__setattr__(self, "labels", tuple(rule_label(s) for s in specs))
 
