@@ -21,6 +21,7 @@ from backdoor_arena.federated.robust import coordinate_median, pairwise_distance
 from backdoor_arena.federated.tailored import alie_z
 from backdoor_arena.federated.task import AttackerData
 
+
 def make_attack(spec: dict):
     return make_component(CLIENT_ATTACKS, spec, "attack")
 

@@ -10,6 +10,7 @@ AggregationResult out) -> record (records.Record, verb "fl-round").
     result = simulate(load_scenario("configs/fl/quick.toml"), out="runs/fl-quick")
 """
 
+from . import robust, tailored  # noqa: F401 - register the Byzantine-robust rules, MixTailor, tailored attacks
 from .adversaries import ADVERSARIES, AdversaryModel
 from .aggregators import AGGREGATORS, AggregationResult, Aggregator, make_aggregator
 from .attacks import CLIENT_ATTACKS, AttackContext, AttackResult, ClientAttack
@@ -17,7 +18,6 @@ from .config import Scenario, load_scenario, parse_overrides, scenario_threads, 
 from .engines import ENGINES, Engine, EngineChooser, choose_engine
 from .leaf import WRITER_FILES, load_leaf_femnist, load_tff_emnist
 from .partition import FederatedData, partition_by_writer
-from . import robust, tailored  # noqa: F401 - register the Byzantine-robust rules, MixTailor, tailored attacks
 from .pipeline import Federation, FederationCache, RoundPipeline, RoundResult
 from .simulation import SimulationResult, run_scenario, simulate
 from .task import AttackerData, BackdoorTask
