@@ -5,10 +5,13 @@ A scenario file has these tables (all optional; defaults are the paper's setting
 
     name, seed, description, threads (read by the caller through `scenario_threads`)
     [data]        dataset ("mnist": its 539 writers; "leaf-femnist" | "tff-emnist": EMNIST's writers read from
-                  train_path and test_path, digits_only), test_samples (0 = the whole test set)
+                  train_path and test_path, digits_only), test_samples (0 = the whole test set),
+                  partition ("writers": one client per writer; "by-class": `clients` clients, client i holding
+                  only class i mod 10, as MixTailor's heterogeneous setting; "iid": `clients` equal random shares)
     [model]       architecture (a registered model id)
-    [federation]  rounds, clients_per_round, local_epochs, batch_size, client_lr, server_lr,
-                  engine (auto | sequential | vectorised), eval_every
+    [federation]  rounds, clients_per_round, local_epochs, local_steps (> 0: exactly that many SGD steps on
+                  freshly drawn batches instead of epochs; 1 = gradient aggregation), batch_size, client_lr,
+                  server_lr, engine (auto | sequential | vectorised), eval_every
     [warmup]      pretrain_epochs, pretrain_lr, pretrain_samples (0 = all) (centralised pre-training: a converged start), rounds
                   (benign federated rounds before the first attack)
     [backdoor]    tasks, source, target, attacker_clean_samples
@@ -54,6 +57,7 @@ from .attacks import CLIENT_ATTACKS
 from .components import make_component, short_repr
 from .engines import engine_choices
 from .leaf import WRITER_FILES
+from .partition import PARTITIONS
 
 Check = Callable[[Any], str | None]
 
@@ -158,10 +162,13 @@ FIELDS: dict[str, tuple[Any, Check]] = {
     # true (the paper's 3,383 digit writers): labels 0-9 only, so 10-class models and digit backdoor tasks fit
     "data.digits_only": (True, _bool),
     "data.test_samples": (0, _int(0, MAX_SAMPLES)),  # 0 = the whole test set; more than it has is an error
+    "data.partition": ("writers", _choice(lambda: list(PARTITIONS))),
+    "data.clients": (0, _int(0, MAX_CLIENTS)),  # by-class / iid: how many clients (writers: must stay 0)
     "model.architecture": ("emnist-cnn", _choice(MODELS.names)),
     "federation.rounds": (100, _int(1, MAX_ROUNDS)),
     "federation.clients_per_round": (30, _int(1, MAX_CLIENTS)),
     "federation.local_epochs": (5, _int(1, MAX_EPOCHS)),
+    "federation.local_steps": (0, _int(0, MAX_EPOCHS * 1000)),  # 0 = local_epochs passes over the data
     "federation.batch_size": (20, _int(1, MAX_BATCH)),
     "federation.client_lr": (0.1, _num(0)),
     "federation.server_lr": (1.0, _num(0)),
@@ -419,11 +426,20 @@ def _check_known_sizes(values: dict[str, Any], invalid: set[str], errors: list[s
     """Bounds set by a dataset whose size is known without loading it (MNIST); the others are checked by
     `pipeline.check_data_bounds` once the data is loaded."""
     name = values["data.dataset"]
+    partition, clients = values.get("data.partition"), values.get("data.clients")
+    if partition == "writers" and clients:
+        errors.append(f"{where}data.clients = {clients} only applies to data.partition = \"by-class\" or \"iid\" "
+                      f"(with \"writers\" every writer is a client); remove it")
+    elif partition in ("by-class", "iid") and not clients:
+        errors.append(f"{where}data.partition = \"{partition}\" needs data.clients (how many clients), e.g. 12")
     sizes = KNOWN_SIZES.get(name)
     if sizes is None or "data.dataset" in invalid:
         return
+    if partition in ("by-class", "iid") and clients:
+        sizes = DataSizes(writers=clients, train=sizes.train, test=sizes.test)
     checks = [
-        ("federation.clients_per_round", sizes.writers, f"the {sizes.writers} clients (writers) of"),
+        ("federation.clients_per_round", sizes.writers,
+         f"the {sizes.writers} clients{' (writers)' if partition == 'writers' else ''} of"),
         ("data.test_samples", sizes.test, f"the {sizes.test} test images of"),
         ("warmup.pretrain_samples", sizes.train, f"the {sizes.train} training images of"),
         ("backdoor.attacker_clean_samples", sizes.train, f"the {sizes.train} training images of"),

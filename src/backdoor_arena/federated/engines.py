@@ -27,11 +27,17 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
+import queue
+import sys
 import time
+import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -216,50 +222,258 @@ class VectorisedEngine(Engine):
         return flat - start.unsqueeze(0)
 
 
+def dropout_seed(seed: int) -> int:
+    """The seed of a client's own dropout stream in the `processes` engine (derived from its batch seed, so
+    that a client's update does not depend on which worker trained it, nor on the clients before it)."""
+    return int(np.random.SeedSequence([int(seed), 1]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _train_one(model: nn.Module, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+               index: torch.Tensor, seed: int, cfg: LocalTraining, max_steps: int | None) -> torch.Tensor:
+    with seeded(dropout_seed(seed)):
+        return sgd_local(model, start, images, labels, index, seed, cfg, max_steps=max_steps)
+
+
+def can_fork() -> bool:
+    """Worker processes are forked (they inherit the model and the uint8 images without copying them): Linux."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _worker_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor,
+                 out: torch.Tensor, tasks: Any, done: Any) -> None:
+    """A forked worker: one torch thread; trains the clients it takes from `tasks` from the weights in the
+    shared `start` and writes each update into its row of the shared `out`."""
+    torch.set_num_threads(1)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        row, index, seed, (epochs, batch_size, lr), max_steps = task
+        try:
+            idx = torch.from_numpy(np.frombuffer(index, dtype=np.int64).copy())
+            out[row] = _train_one(model, start, images, labels, idx, seed, LocalTraining(epochs, batch_size, lr),
+                                  max_steps)
+            done.put((row, None))
+        except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+            done.put((row, traceback.format_exc()))
+
+
+def _stop_workers(procs: list, tasks: Any) -> None:
+    for _ in procs:
+        try:
+            tasks.put(None)
+        except (OSError, ValueError):
+            break
+    for p in procs:
+        p.join(timeout=2.0)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=2.0)
+
+
+class _WorkerPool:
+    """`workers` forked single-thread processes bound to one (model, images, labels, dtype, d); the start
+    weights and the updates travel through shared memory, the tasks (row, sample indices, seed) through a
+    pipe. Stopped when the pool is garbage-collected (weakref.finalize) or the interpreter exits (daemons)."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, d: int,
+                 capacity: int, workers: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.key = _pool_key(model, images, labels, dtype, d, workers)
+        self.capacity = capacity
+        self.start = torch.zeros(d, dtype=dtype).share_memory_()
+        self.out = torch.zeros((capacity, d), dtype=dtype).share_memory_()
+        self.tasks = ctx.SimpleQueue()
+        self.done = ctx.Queue()
+        started = time.perf_counter()
+        self.procs = [ctx.Process(target=_worker_loop, daemon=True, name=f"backdoor-arena-engine-{i}",
+                                  args=(model, images, labels, self.start, self.out, self.tasks, self.done))
+                      for i in range(workers)]
+        for p in self.procs:
+            p.start()
+        self.start_s = time.perf_counter() - started
+        self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.tasks)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def run(self, start: torch.Tensor, indices: Sequence[torch.Tensor], seeds: Sequence[int], cfg: LocalTraining,
+            max_steps: int | None) -> torch.Tensor:
+        n = len(indices)
+        self.start.copy_(start)
+        order = sorted(range(n), key=lambda k: -len(indices[k]))  # longest first: the last clients are short
+        params = (cfg.epochs, cfg.batch_size, cfg.lr)
+        errors: list[str] = []
+        try:
+            for k in order:
+                self.tasks.put((k, indices[k].to(torch.int64).cpu().numpy().tobytes(), int(seeds[k]), params,
+                                max_steps))
+            remaining = n
+            while remaining:
+                try:
+                    _row, err = self.done.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p.name for p in self.procs if not p.is_alive()]
+                    if dead:
+                        raise RuntimeError(f"worker process(es) {', '.join(dead)} of the processes engine died "
+                                           f"(killed, or out of memory?)") from None
+                    continue
+                remaining -= 1
+                if err is not None:
+                    errors.append(err)
+        except BaseException:
+            self.close()  # tasks may be left in the pipe: never reuse these workers
+            raise
+        if errors:
+            raise RuntimeError(f"{len(errors)} client(s) failed in the processes engine; the first:\n{errors[0]}")
+        return self.out[:n].clone()
+
+
+def _pool_key(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, d: int,
+              workers: int) -> tuple:
+    """What the forked workers hold: the model object (its structure, parameter dtypes and buffers, by
+    version), the data tensors, the dtype and size of the updates, the number of workers."""
+    tensors = [(k, b.data_ptr(), b._version, b.dtype) for k, b in model.named_buffers()]
+    tensors += [(k, p.dtype, tuple(p.shape)) for k, p in model.named_parameters()]
+    return (id(model), tuple(tensors), images.data_ptr(), images._version, tuple(images.shape), labels.data_ptr(),
+            labels._version, dtype, d, workers)
+
+
+@ENGINES.register("processes")
+class ProcessEngine(Engine):
+    """The round's clients trained in parallel by single-thread worker processes, one per thread of the
+    caller's budget (`torch.get_num_threads()`, e.g. BACKDOOR_ARENA_THREADS): on small models (batch-20
+    convolutions) one thread per client uses the cores better than several threads on one client.
+
+    Each client runs `sgd_local` (the sequential reference) with one thread, so its update is bit-identical
+    to the sequential engine's at one thread for dropout-free models (with more threads the sequential
+    engine's reductions are split differently: equal to float rounding). Dropout draws from a per-client
+    stream (`dropout_seed` of its batch seed), so the result does not depend on the number of workers or the
+    order the clients are trained in. The workers are forked once (Linux; they inherit the model and the
+    uint8 images without copying) and kept for the next rounds as long as the model, data and thread budget
+    stay the same; clients are handed out longest first from one queue. With a budget of one thread, or
+    without fork, the clients are trained in this process (same per-client streams)."""
+
+    name = "processes"
+
+    def __init__(self) -> None:
+        self._pool: _WorkerPool | None = None
+
+    def workers(self) -> int:
+        return torch.get_num_threads() if can_fork() else 1
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the engine is garbage-collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def pool(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, n: int,
+             workers: int) -> _WorkerPool:
+        key = _pool_key(model, images, labels, start.dtype, start.numel(), workers)
+        if self._pool is None or self._pool.key != key or self._pool.capacity < n:
+            self.close()
+            self._pool = _WorkerPool(model, images, labels, start.dtype, start.numel(), n, workers)
+        return self._pool
+
+    def train(self, model, start, images, labels, indices, seeds, cfg, max_steps=None):
+        n = len(indices)
+        if n == 0:
+            return start.new_zeros((0, start.numel()))
+        workers = self.workers()
+        on_cpu = start.device.type == "cpu" and images.device.type == "cpu"
+        if workers < 2 or not on_cpu:
+            return torch.stack([_train_one(model, start, images, labels, idx, s, cfg, max_steps)
+                                for idx, s in zip(indices, seeds, strict=True)])
+        return self.pool(model, images, labels, start, n, workers).run(start, indices, seeds, cfg, max_steps)
+
+
 def get_engine(name: str) -> Engine:
     if name not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES.names())}, got {name!r}")
     return ENGINES.get(name)()
 
 
+DEFAULT_CANDIDATES = ("sequential", "vectorised")
+
+
+def auto_candidates() -> tuple[str, ...]:
+    """What `engine = "auto"` chooses among here: sequential and vectorised, and `processes` where it can
+    run clients in parallel (fork available and a budget of at least two threads)."""
+    return (*DEFAULT_CANDIDATES, "processes") if can_fork() and torch.get_num_threads() >= 2 else DEFAULT_CANDIDATES
+
+
 def choose_engine(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[torch.Tensor],
-    cfg: LocalTraining, repeats: int = 2, min_time_s: float = 0.3,
+    cfg: LocalTraining, repeats: int = 2, min_time_s: float = 0.3, candidates: Sequence[str] | None = None,
 ) -> tuple[str, dict[str, float]]:
-    """The faster engine for this model, device, thread count and round shape, by measurement.
+    """The fastest of `candidates` (default: sequential and vectorised; `EngineChooser` passes
+    `auto_candidates()`) for this model, device, thread count and round shape, by measurement.
 
     Sequential: whole clients are trained for one epoch (at least two, and until `min_time_s` has passed),
     so that the per-client set-up is counted as often as in a real round (timing single steps counted it
     once per step and overestimated a badnet-mnist round by 40%). Vectorised: `repeats` vmapped steps
-    over all the clients after one warm-up step. A round is then predicted as: sequential = time per
-    client step x sum_k ceil(n_k / B); vectorised = time per vmapped step x max_k ceil(n_k / B) (it pads
-    every client to the longest). Models with BatchNorm always get `sequential`. Not memoised: see
-    `EngineChooser`."""
+    over all the clients after one warm-up step. Processes: after starting the workers and one warm-up step
+    per worker, groups of 2 x workers whole clients are trained for one epoch in parallel until `min_time_s`
+    has passed (the worker start-up, once per run, is reported as `processes_start_s`, not counted). A
+    round is then predicted as: sequential and processes = time per client step x sum_k ceil(n_k / B);
+    vectorised = time per vmapped step x max_k ceil(n_k / B) (it pads every client to the longest). Models
+    with BatchNorm never get `vectorised`. Not memoised: see `EngineChooser`."""
+    candidates = list(DEFAULT_CANDIDATES if candidates is None else candidates)
+    unknown = [c for c in candidates if c not in ENGINES]
+    if unknown or not candidates:
+        raise ConfigError(f"engine candidates must be among {', '.join(ENGINES.names())}, got {candidates}")
     if has_batchnorm(model):
-        return "sequential", {}
+        candidates = [c for c in candidates if c != "vectorised"]
+        if candidates == ["sequential"] or not candidates:
+            return "sequential", {}
     device = next(model.parameters()).device
     start = flat_params(model).to(device)
     steps = [math.ceil(len(i) / cfg.batch_size) for i in indices]
     one = LocalTraining(1, cfg.batch_size, cfg.lr)
     seeds = list(range(len(indices)))
-    timing = {}
+    timing: dict[str, float] = {}
     with seeded(0):
-        seq, vec = SequentialEngine(), VectorisedEngine()
-        seq.train(model, start, images, labels, indices[:1], seeds[:1], one, max_steps=1)
-        t0, done = time.perf_counter(), 0
-        for i in range(len(indices)):
-            seq.train(model, start, images, labels, indices[i:i + 1], seeds[i:i + 1], one)
-            done += steps[i]
-            if i >= 1 and time.perf_counter() - t0 >= min_time_s:
-                break
-        timing["sequential_step_s"] = (time.perf_counter() - t0) / done
-        vec.train(model, start, images, labels, indices, seeds, one, max_steps=1)
-        t0 = time.perf_counter()
-        vec.train(model, start, images, labels, indices, seeds, one, max_steps=repeats)
-        timing["vectorised_step_s"] = (time.perf_counter() - t0) / repeats
-    timing["sequential_epoch_s"] = timing["sequential_step_s"] * sum(steps)
-    timing["vectorised_epoch_s"] = timing["vectorised_step_s"] * max(steps)
-    name = "vectorised" if timing["vectorised_epoch_s"] < timing["sequential_epoch_s"] else "sequential"
+        if "sequential" in candidates:
+            seq = SequentialEngine()
+            seq.train(model, start, images, labels, indices[:1], seeds[:1], one, max_steps=1)
+            t0, done = time.perf_counter(), 0
+            for i in range(len(indices)):
+                seq.train(model, start, images, labels, indices[i:i + 1], seeds[i:i + 1], one)
+                done += steps[i]
+                if i >= 1 and time.perf_counter() - t0 >= min_time_s:
+                    break
+            timing["sequential_step_s"] = (time.perf_counter() - t0) / done
+            timing["sequential_epoch_s"] = timing["sequential_step_s"] * sum(steps)
+        if "vectorised" in candidates:
+            vec = VectorisedEngine()
+            vec.train(model, start, images, labels, indices, seeds, one, max_steps=1)
+            t0 = time.perf_counter()
+            vec.train(model, start, images, labels, indices, seeds, one, max_steps=repeats)
+            timing["vectorised_step_s"] = (time.perf_counter() - t0) / repeats
+            timing["vectorised_epoch_s"] = timing["vectorised_step_s"] * max(steps)
+        if "processes" in candidates:
+            proc = ProcessEngine()
+            try:
+                w = max(proc.workers(), 1)
+                group = max(2 * w, 2)
+                t0 = time.perf_counter()
+                proc.train(model, start, images, labels, indices[:w], seeds[:w], one, max_steps=1)
+                timing["processes_start_s"] = time.perf_counter() - t0
+                t0, done, i = time.perf_counter(), 0, 0
+                while i < len(indices):
+                    chunk = slice(i, min(i + group, len(indices)))
+                    proc.train(model, start, images, labels, indices[chunk], seeds[chunk], one)
+                    done += sum(steps[chunk])
+                    i = chunk.stop
+                    if time.perf_counter() - t0 >= min_time_s:
+                        break
+                timing["processes_step_s"] = (time.perf_counter() - t0) / done
+                timing["processes_epoch_s"] = timing["processes_step_s"] * sum(steps)
+            finally:
+                proc.close()
+    epoch = {c: timing[f"{c}_epoch_s"] for c in candidates if f"{c}_epoch_s" in timing}
+    name = min(epoch, key=lambda c: (epoch[c], candidates.index(c)))
     return name, timing
 
 
@@ -274,7 +488,9 @@ class EngineChooser:
                indices: Sequence[torch.Tensor], cfg: LocalTraining) -> tuple[str, dict[str, float]]:
         device = next(model.parameters()).device
         n_par = sum(p.numel() for p in model.parameters())
-        key = (type(model).__name__, n_par, str(device), torch.get_num_threads(), len(indices), cfg.batch_size)
+        candidates = auto_candidates()
+        key = (type(model).__name__, n_par, str(device), torch.get_num_threads(), len(indices), cfg.batch_size,
+               candidates)
         if key not in self.choices:
-            self.choices[key] = choose_engine(model, images, labels, indices, cfg)
+            self.choices[key] = choose_engine(model, images, labels, indices, cfg, candidates=candidates)
         return self.choices[key]

@@ -1,4 +1,10 @@
-"""Clients = writers: the training set split by its per-sample group ids (MNIST: NIST writer ids)."""
+"""How the training set is split into clients (`data.partition`):
+
+- "writers": one client per writer (the per-sample group ids; MNIST: NIST writer ids) - Sun et al.'s setting;
+- "by-class": K clients, client i holding only class i mod C (MixTailor's heterogeneous setting, Ramezani-Kebrya
+  et al. 2022: worker i sees class i mod 10); the images of a class are shared out among its clients at random;
+- "iid": K clients with equal random shares.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import torch
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError
+
+PARTITIONS = ("writers", "by-class", "iid")
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,3 +60,43 @@ def partition_by_writer(dataset: Dataset, min_samples: int = 1) -> FederatedData
     if not keep:
         raise ConfigError(f"no writer has at least min_samples={min_samples} images")
     return FederatedData(dataset, tuple(k for k, _ in keep), tuple(c for _, c in keep))
+
+
+def partition_by_class(dataset: Dataset, clients: int, generator: torch.Generator) -> FederatedData:
+    """K clients, client i holding only class i mod C; a class's images are split at random, as evenly as
+    possible, among the clients that hold it. Client ids are 0..K-1."""
+    num_classes = int(dataset.labels.max()) + 1
+    if clients < 1:
+        raise ConfigError(f"data.clients must be >= 1 for data.partition = 'by-class', got {clients}")
+    shares: list[torch.Tensor] = [torch.empty(0, dtype=torch.int64)] * clients
+    for c in range(num_classes):
+        owners = list(range(c, clients, num_classes))
+        if not owners:
+            continue
+        idx = torch.nonzero(dataset.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        for owner, part in zip(owners, torch.tensor_split(idx, len(owners)), strict=True):
+            shares[owner] = part.sort().values
+    empty = [k for k, s in enumerate(shares) if len(s) == 0]
+    if empty:
+        raise ConfigError(f"data.partition = 'by-class': client(s) {empty[:5]} hold a class with no images")
+    return FederatedData(dataset, tuple(range(clients)), tuple(shares))
+
+
+def partition_iid(dataset: Dataset, clients: int, generator: torch.Generator) -> FederatedData:
+    """K clients with equal random shares (sizes differ by at most one)."""
+    if not 1 <= clients <= len(dataset):
+        raise ConfigError(f"data.clients must be in [1, {len(dataset)}] for data.partition = 'iid', got {clients}")
+    order = torch.randperm(len(dataset), generator=generator)
+    return FederatedData(dataset, tuple(range(clients)), tuple(p.sort().values for p in torch.tensor_split(order, clients)))
+
+
+def partition(dataset: Dataset, kind: str, clients: int, generator: torch.Generator) -> FederatedData:
+    """The split `data.partition` names."""
+    if kind == "writers":
+        return partition_by_writer(dataset)
+    if kind == "by-class":
+        return partition_by_class(dataset, clients, generator)
+    if kind == "iid":
+        return partition_iid(dataset, clients, generator)
+    raise ConfigError(f"data.partition must be one of {', '.join(PARTITIONS)}, got {kind!r}")

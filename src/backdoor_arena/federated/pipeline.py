@@ -20,8 +20,13 @@ turns the [n, d] stack (benign rows first, then the attackers' in `malicious` or
 `AggregationResult`; w_{t+1} = w_t + server_lr * update; evaluate every `eval_every` rounds and at the end.
 
 Randomness: explicit generators seeded from the run seed (seed+1 backdoor task, +2 attacker data,
-+3 adversary pool, +4 client sampling, +5 server, +6 engine probe, +7 pre-training subset); per-client
-streams from `client_seed`. Caches shared between runs (data, pre-trained weights, engine choices) live in
++3 adversary pool, +4 client sampling, +5 server, +6 engine probe, +7 pre-training subset, +8 partition,
++9 the server's root data); per-client streams from `client_seed` (stream 4: the batches of a client that
+takes `local_steps` steps).
+
+Before every aggregation the pipeline puts the round's inputs in the aggregator's state: `global_weights`
+(w_t) and, for a rule whose `server_root_samples()` > 0 (FLTrust), `server_update`: the server's own update,
+trained like a client's from w_t on its root data (that many test images outside the evaluation subset). Caches shared between runs (data, pre-trained weights, engine choices) live in
 a `FederationCache` that the caller owns and passes in.
 """
 
@@ -47,9 +52,9 @@ from .aggregators import AggregationResult, Aggregator, make_aggregator
 from .attacks import CLIENT_ATTACKS, AttackContext, AttackResult, ClientAttack
 from .components import make_component
 from .config import Scenario, shown_source
-from .engines import Engine, EngineChooser, LocalTraining, flat_params, get_engine, load_flat
+from .engines import Engine, EngineChooser, LocalTraining, flat_params, get_engine, load_flat, sgd_local
 from .leaf import WRITER_FILES, load_writer_files
-from .partition import FederatedData, partition_by_writer
+from .partition import FederatedData, partition
 from .task import AttackerData, BackdoorTask, make_attacker_data, make_backdoor_task
 
 
@@ -123,6 +128,7 @@ class Federation:
     engine: Engine
     engine_name: str
     engine_timing: dict[str, float] = field(default_factory=dict)
+    root_data: Dataset | None = None  # the server's own clean images (FLTrust); None when the rule needs none
 
     @classmethod
     def setup(cls, sc: Scenario, data_root: str | Path | None = None, progress: bool = True,
@@ -130,11 +136,14 @@ class Federation:
         cache = cache if cache is not None else FederationCache()
         seed = sc["seed"]
         train_set, test_set = cache.data(sc, data_root)
-        fed = partition_by_writer(train_set)
+        fed = partition(train_set, sc["data.partition"], sc["data.clients"], _generator(seed + 8))
         check_data_bounds(sc, fed, test_set)  # before any training: counts the data cannot satisfy
-        if sc["data.test_samples"] and sc["data.test_samples"] < len(test_set):
-            pick = torch.randperm(len(test_set), generator=_generator(seed))[: sc["data.test_samples"]]
-            test_set = test_set.subset(pick.sort().values)
+        aggregator = make_aggregator(sc.aggregator)
+        order = torch.randperm(len(test_set), generator=_generator(seed))
+        n_eval = sc["data.test_samples"] if 0 < sc["data.test_samples"] < len(test_set) else len(test_set)
+        root = _root_data(test_set, order[n_eval:], aggregator.server_root_samples(), seed)
+        if n_eval < len(test_set):
+            test_set = test_set.subset(order[:n_eval].sort().values)
         task = make_backdoor_task(fed, sc["backdoor.tasks"], _generator(seed + 1), sc["backdoor.source"],
                                   sc["backdoor.target"])
         _check_attacker_pool(sc, fed, task)
@@ -142,7 +151,6 @@ class Federation:
         attack = None if sc.attack["name"] == "none" else make_component(CLIENT_ATTACKS, sc.attack, "attack")
         adversary = make_component(ADVERSARIES, sc.adversary, "adversary")
         pool = adversary.setup(fed.num_clients, task.target_clients, _generator(seed + 3))
-        aggregator = make_aggregator(sc.aggregator)
         problems = aggregator.round_problems(min(sc["federation.clients_per_round"], fed.num_clients))
         if problems:
             raise ConfigError(f"aggregator {sc.aggregator['name']!r}: " + "; ".join(problems))
@@ -155,10 +163,12 @@ class Federation:
             load_flat(model, w)
             per_round = min(sc["federation.clients_per_round"], fed.num_clients)
             probe = torch.randperm(fed.num_clients, generator=_generator(seed + 6))[:per_round].tolist()
-            engine_name, timing = cache.engines.choose(model, train_set.images, train_set.labels,
-                                                       [fed.indices[k] for k in probe], local)
+            steps = sc["federation.local_steps"]
+            shapes = [fed.indices[k][: steps * local.batch_size] if steps else fed.indices[k] for k in probe]
+            probe_local = LocalTraining(1, local.batch_size, local.lr) if steps else local
+            engine_name, timing = cache.engines.choose(model, train_set.images, train_set.labels, shapes, probe_local)
         return cls(sc, fed, test_set, task, attacker_data, attack, adversary, pool, aggregator, model, w, local,
-                   get_engine(engine_name), engine_name, dict(timing))
+                   get_engine(engine_name), engine_name, dict(timing), root)
 
     @property
     def clients_per_round(self) -> int:
@@ -218,11 +228,23 @@ def check_scenario_data(sc: Scenario, data_root: str | Path | None = None,
     for label in list(sc.variants) or [""]:
         run_sc = sc.variant(label) if label else sc
         train_set, test_set = cache.data(run_sc, data_root)
-        found = data_problems(run_sc, partition_by_writer(train_set), test_set)
+        found = data_problems(run_sc, partition(train_set, run_sc["data.partition"], run_sc["data.clients"],
+                                                _generator(run_sc["seed"] + 8)), test_set)
         problems.extend(f"variant {label!r}: {p}" if label else p for p in found)
     if problems:
         head = f"{shown_source(sc.source)}: " if sc.source else ""
         raise ConfigError(f"{head}{len(problems)} problem(s) with the data loaded: " + " | ".join(problems))
+
+
+def _root_data(test_set: Dataset, spare: torch.Tensor, n: int, seed: int) -> Dataset | None:
+    """`n` test images outside the evaluation subset (seeded): the server's root data set."""
+    if n <= 0:
+        return None
+    if n > len(spare):
+        raise ConfigError(f"the aggregator needs {n} root images but only {len(spare)} test images lie outside the "
+                          f"evaluation subset; lower data.test_samples or the aggregator's root_samples")
+    pick = spare[torch.randperm(len(spare), generator=_generator(seed + 9))[:n]]
+    return test_set.subset(pick.sort().values)
 
 
 def _check_attacker_pool(sc: Scenario, fed: FederatedData, task: BackdoorTask) -> None:
@@ -302,11 +324,36 @@ class RoundPipeline:
     def benign_updates(self, t: int, sel: Selection) -> tuple[torch.Tensor, torch.Tensor]:
         """([n_benign, d] updates, [n_benign] float64 sample counts) of the round's benign clients."""
         fed, data = self.fed, self.fed.data
+        indices = [self.client_batches(t, k) for k in sel.benign]
         with seeded(client_seed(self.seed, t, 0, 1)):  # dropout stream of this round
-            updates = fed.engine.train(fed.model, self.weights, data.dataset.images, data.dataset.labels,
-                                       [data.indices[k] for k in sel.benign],
-                                       [client_seed(self.seed, t, data.client_ids[k]) for k in sel.benign], fed.local)
+            updates = fed.engine.train(fed.model, self.weights, data.dataset.images, data.dataset.labels, indices,
+                                       [client_seed(self.seed, t, data.client_ids[k]) for k in sel.benign], self.local)
         return updates, data.sizes()[sel.benign].double()
+
+    @property
+    def local(self) -> LocalTraining:
+        """The clients' training: local_epochs passes, or one pass over `local_steps` fresh batches."""
+        steps = self.fed.scenario["federation.local_steps"]
+        return self.fed.local if not steps else LocalTraining(1, self.fed.local.batch_size, self.fed.local.lr)
+
+    def client_batches(self, t: int, k: int) -> torch.Tensor:
+        """The sample indices client k trains on in round t: all of its data, or with `local_steps` = s,
+        s * batch_size of them drawn afresh each round (without replacement while they last)."""
+        data, steps = self.fed.data, self.fed.scenario["federation.local_steps"]
+        own = data.indices[k]
+        if not steps:
+            return own
+        need = steps * self.fed.local.batch_size
+        g = _generator(client_seed(self.seed, t, data.client_ids[k], 4))
+        reps = -(-need // len(own))
+        order = torch.cat([torch.randperm(len(own), generator=g) for _ in range(reps)])[:need]
+        return own[order]
+
+    def server_update(self, t: int) -> torch.Tensor:
+        """The server's own update on its root data, trained like a client's (FLTrust's g0)."""
+        root = self.fed.root_data
+        return sgd_local(self.fed.model, self.weights, root.images, root.labels, torch.arange(len(root)),
+                         client_seed(self.seed, t, 0, 5), self.local)
 
     def attack_context(self, t: int, sel: Selection, benign: torch.Tensor, benign_weights: torch.Tensor,
                        malicious_weights: torch.Tensor) -> AttackContext:
@@ -338,7 +385,10 @@ class RoundPipeline:
         return result
 
     def aggregate(self, benign: torch.Tensor, benign_weights: torch.Tensor, attack: AttackResult | None,
-                  malicious_weights: torch.Tensor) -> AggregationResult:
+                  malicious_weights: torch.Tensor, t: int | None = None) -> AggregationResult:
+        self.state["global_weights"] = self.weights
+        if self.fed.root_data is not None:
+            self.state["server_update"] = self.server_update(self.round + 1 if t is None else t)
         updates, weights = benign, benign_weights
         if attack is not None:
             updates = torch.cat([benign, attack.updates.to(benign.dtype)])
@@ -374,7 +424,7 @@ class RoundPipeline:
         malicious_weights = torch.full((len(sel.malicious),), self.fed.attacker_weight, dtype=torch.float64)
         attack = self.craft(t, sel, benign, benign_weights, malicious_weights)
         t3 = time.perf_counter()
-        aggregation = self.aggregate(benign, benign_weights, attack, malicious_weights)
+        aggregation = self.aggregate(benign, benign_weights, attack, malicious_weights, t)
         self.apply(aggregation)
         t4 = time.perf_counter()
         evaluation = self.evaluate() if self.due_for_evaluation(t) else None
