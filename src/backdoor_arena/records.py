@@ -76,11 +76,12 @@ class Record:
                           "versions": dict(self.versions), **self.subject, **self.metrics})
 
 
-def write_jsonl(path: str | Path, records: Iterable[Record | Mapping[str, Any]]) -> Path:
-    """Records (or flat dicts) as JSON lines; NaN is written as null, never as a bare literal."""
+def write_jsonl(path: str | Path, records: Iterable[Record | Mapping[str, Any]], append: bool = False) -> Path:
+    """Records (or flat dicts) as JSON lines; NaN is written as null, never as a bare literal. `append` adds
+    to an existing file (a sweep writing each result as it comes, so that an interruption loses none)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
+    with path.open("a" if append else "w") as fh:
         for r in records:
             obj = r.to_dict() if isinstance(r, Record) else json_safe(r)
             fh.write(json.dumps(obj, sort_keys=True, allow_nan=False) + "\n")

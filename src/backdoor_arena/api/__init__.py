@@ -14,7 +14,7 @@ from ..runtime import set_threads
 from .defending import compare_defenses, defend, make_defense, make_monitor
 from .demo import DemoResult, demo
 from .detecting import detect, poisoned_training_set, scan
-from .federated import fl_run, fl_validate
+from .federated import fl_matrix, fl_run, fl_validate
 from .results import DefenseResult, DetectionResult, EvaluationResult, ScanResult, TrainResult
 from .training import DPSettings, attack, attack_spec_path, evaluate, info, train, train_model, wrap
 from .zoo import ZooConfig, build_zoo, evaluate_zoo, read_truth, summarize, zoo_plan
@@ -25,7 +25,7 @@ zoo_evaluate = evaluate_zoo
 __all__ = [
     "DPSettings", "DefenseResult", "DemoResult", "DetectionResult", "EvaluationResult", "ScanResult", "TrainResult",
     "ZooConfig", "attack", "attack_spec_path", "build_zoo", "compare_defenses", "defend", "demo", "detect",
-    "evaluate", "evaluate_zoo", "fl_run", "fl_validate", "info", "make_defense", "make_monitor",
+    "evaluate", "evaluate_zoo", "fl_matrix", "fl_run", "fl_validate", "info", "make_defense", "make_monitor",
     "poisoned_training_set", "read_truth", "scan", "set_threads", "summarize", "train", "train_model", "wrap",
     "zoo_build", "zoo_evaluate", "zoo_plan",
 ]

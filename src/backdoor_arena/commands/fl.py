@@ -1,4 +1,5 @@
-"""`backdoor-arena fl run|validate`: federated scenarios, thin over `api.fl_run` and `api.fl_validate`."""
+"""`backdoor-arena fl run|validate|matrix`: federated scenarios, thin over `api.fl_run`, `api.fl_validate` and
+`api.fl_matrix`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,29 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{label}: clean {s['final_clean_accuracy']:.3f}, attack success final "
                        f"{s['final_attack_success_rate']:.3f} mean {s['mean_attack_success_rate']:.3f}, attacked rounds {s['attacked_rounds']}, "
                        f"engine {s['engine']}, {s['wall_s']:.0f} s")
+        typer.echo(f"wrote {out}/")
+
+    @fl.command("matrix")
+    def matrix_cmd(
+        scenario: Annotated[Path, typer.Argument(help="Matrix file: a scenario with a [matrix] table, e.g. "
+                                                      "configs/fl/mixtailor-matrix.toml.")],
+        overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: federation.rounds=5 ...")] = None,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (matrix.jsonl, matrix.png, matrix.md).")
+                       ] = Path("fl-matrix"),
+        resume: Annotated[bool, typer.Option("--resume", help="Keep the cells already in OUT/matrix.jsonl.")] = False,
+        data_root: DataRoot = None,
+        quiet: Quiet = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the cell records as JSON lines.")] = False,
+        overwrite: Overwrite = False,
+    ) -> None:
+        """Run every attack against every aggregator of SCENARIO's [matrix] table; a heatmap and worst cases."""
+        records = api.fl_matrix(scenario, out, overrides or [], progress=not quiet and not json_out,
+                                data_root=data_root, resume=resume, overwrite=overwrite)
+        if json_out:
+            for r in records:
+                typer.echo(json.dumps(r, sort_keys=True, default=str))
+            return
+        typer.echo((out / "matrix.md").read_text())
         typer.echo(f"wrote {out}/")
 
     @fl.command("validate")

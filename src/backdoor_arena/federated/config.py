@@ -384,6 +384,8 @@ def _unknown(key: str, value: Any, seen_tables: set[str]) -> str | None:
         seen_tables.add(head)
         close = _suggest(head, TABLES)
         hint = f"; did you mean [{close}]?" if close else f"; the tables are {', '.join(TABLES)}"
+        if head == "matrix":
+            hint = "; a file with a [matrix] table runs with `backdoor-arena fl matrix FILE`"
         return f"unknown table [{head}]{hint}"
     if not dot and head in TABLES:
         return f"{key} must be a table ([{key}] or {key}.KEY = ...), got {short_repr(value)}"

@@ -95,3 +95,37 @@ def write_summary(out: str | Path, name: str, description: str, rows: list[dict[
     fmts = {c: ".3f" for c in SUMMARY_COLUMNS if "accuracy" in c or "rate" in c or "norm" in c} | {"wall_s": ".0f"}
     (out / "summary.md").write_text(f"# {name}\n\n{description}\n\n{markdown_table(rows, SUMMARY_COLUMNS, fmts)}")
     (out / "summary.json").write_text(json.dumps(json_safe(rows), indent=1, default=str))
+
+
+def plot_matrix(path: Path, records: list[dict[str, Any]], metric: str, aggregators: list[str], attacks: list[str],
+                title: str = "") -> Path:
+    """Heatmap of the matrix (rows aggregators, columns attacks, plus the worst case per aggregator), the cell's
+    mean `metric` over seeds written in it; red = bad for the defender (low accuracy or high attack success)."""
+    from .matrix import cell_means, worst_cases
+
+    plt = pyplot()
+    means = cell_means(records, metric)
+    worst = worst_cases(records, metric, aggregators, attacks)
+    cols = [*attacks, "worst case"]
+    grid = np.full((len(aggregators), len(cols)), np.nan)
+    for i, agg in enumerate(aggregators):
+        for j, att in enumerate(attacks):
+            if (agg, att) in means:
+                grid[i, j] = means[(agg, att)][0]
+        if agg in worst:
+            grid[i, -1] = worst[agg][1]
+    cmap = "RdYlGn" if metric == "clean_accuracy" else "RdYlGn_r"
+    fig, ax = plt.subplots(figsize=(1.0 + 0.95 * len(cols), 0.9 + 0.45 * len(aggregators)))
+    im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if j == len(cols) - 1 else "normal")
+    ax.axvline(len(cols) - 1.5, color="black", lw=1.5)
+    ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(aggregators)), aggregators, fontsize=8)
+    label = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
+    fig.colorbar(im, ax=ax, label=label, fraction=0.04)
+    ax.set_title(f"{title}: {label}" if title else label, fontsize=10)
+    return save_figure(fig, path)

@@ -1,0 +1,246 @@
+"""Every attack against every aggregator: a scenario file with a [matrix] table runs one federated run per
+(aggregator, attack, seed) cell and reports the final accuracies as records, a heatmap and a table with the
+worst case per aggregator.
+
+    [matrix]
+    metric = "clean_accuracy"          # the heatmap's number: "clean_accuracy" (untargeted attacks: lower is
+                                       # worse) or "attack_success_rate" (backdoors: higher is worse)
+    seeds = [0]                        # repeats of every cell (the scenario's seed is replaced)
+    attacks = [{ name = "none" }, { name = "alie" }, { label = "ipm 0.1", name = "ipm", epsilon = 0.1 }]
+    aggregators = [{ name = "fedavg" }, { name = "krum", f = 2 }, { name = "mixtailor", f = 2 }]
+
+The rest of the file is an ordinary scenario (its own [attack] and [aggregator] tables are replaced per cell).
+An attack named "none" runs the round with every client honest. Cells run one after another in one process
+and share a `FederationCache` (data, pre-training, engine choice); a cell whose record is already in
+out/matrix.jsonl (same run id) is skipped, so an interrupted matrix resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..records import Record, read_jsonl, run_id, write_jsonl
+from ..runtime import versions
+from .components import short_repr
+from .config import Scenario, _parse_toml, _set_dotted, build_scenario, parse_overrides, read_toml, shown_source
+from .pipeline import FederationCache, check_scenario_data
+from .robust import rule_label
+
+VERB = "fl-matrix"
+METRICS = ("clean_accuracy", "attack_success_rate")
+MAX_CELLS = 10_000
+
+
+@dataclass(frozen=True)
+class Cell:
+    aggregator: str  # label
+    attack: str  # label
+    seed: int
+    scenario: Scenario
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.to_dict(), "aggregator_label": self.aggregator, "attack_label": self.attack}
+
+    @property
+    def run_id(self) -> str:
+        return run_id(VERB, self.config, self.seed)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    base: Scenario
+    metric: str
+    seeds: tuple[int, ...]
+    attacks: tuple[tuple[str, dict[str, Any]], ...]  # (label, component table)
+    aggregators: tuple[tuple[str, dict[str, Any]], ...]
+    source: str = ""
+
+    def cells(self) -> list[Cell]:
+        out = []
+        for agg_label, agg in self.aggregators:
+            for att_label, att in self.attacks:
+                for seed in self.seeds:
+                    raw = copy.deepcopy(self.base.raw)
+                    raw["aggregator"], raw["attack"], raw["seed"] = copy.deepcopy(agg), copy.deepcopy(att), seed
+                    raw.pop("variants", None)
+                    sc = build_scenario(raw, f"{self.source}#{agg_label}/{att_label}/seed{seed}")
+                    out.append(Cell(agg_label, att_label, seed, sc))
+        return out
+
+    @property
+    def worse_is_lower(self) -> bool:
+        return self.metric == "clean_accuracy"
+
+
+def _entries(table: Any, key: str, problems: list[str]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if not isinstance(table, list) or not table:
+        problems.append(f"matrix.{key} must be a non-empty list of tables with a name, e.g. [{{ name = \"fedavg\" }}]")
+        return ()
+    out, seen = [], set()
+    for i, entry in enumerate(table):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            problems.append(f"matrix.{key}[{i}] must be a table with a name, got {short_repr(entry)}")
+            continue
+        entry = dict(entry)
+        label = entry.pop("label", None)
+        label = label if isinstance(label, str) and label else rule_label(entry)
+        if label in seen:
+            problems.append(f"matrix.{key}[{i}]: label {label!r} is used twice; give one a `label`")
+        seen.add(label)
+        out.append((label, entry))
+    return tuple(out)
+
+
+def build_matrix(raw: dict[str, Any], source: str = "") -> Matrix:
+    """Validate the [matrix] table and every cell's scenario (all problems in one ConfigError)."""
+    raw = copy.deepcopy(raw)
+    table = raw.pop("matrix", None)
+    head = f"{shown_source(source)}: " if source else ""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{head}a matrix file needs a [matrix] table with attacks and aggregators lists "
+                          "(see configs/fl/mixtailor-matrix.toml)")
+    problems: list[str] = []
+    unknown = sorted(set(table) - {"metric", "seeds", "attacks", "aggregators"})
+    if unknown:
+        problems.append(f"matrix has no key(s) {', '.join(unknown)}; it takes metric, seeds, attacks, aggregators")
+    metric = table.get("metric", "clean_accuracy")
+    if metric not in METRICS:
+        problems.append(f"matrix.metric must be one of {', '.join(METRICS)}, got {short_repr(metric)}")
+    seeds = table.get("seeds", [raw.get("seed", 0)])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63
+                                                      for s in seeds) and len(set(seeds)) == len(seeds)):
+        problems.append(f"matrix.seeds must be a list of distinct non-negative integers, got {short_repr(seeds)}")
+        seeds = [0]
+    attacks = _entries(table.get("attacks"), "attacks", problems)
+    aggregators = _entries(table.get("aggregators"), "aggregators", problems)
+    if len(attacks) * len(aggregators) * len(seeds) > MAX_CELLS:
+        problems.append(f"the matrix has more than {MAX_CELLS} cells; split it")
+    if problems:
+        raise ConfigError(head + "; ".join(problems))
+    base = build_scenario(raw, source)
+    matrix = Matrix(base, metric, tuple(seeds), attacks, aggregators, source)
+    cell_problems = []
+    for agg_label, agg in aggregators:  # each rule and attack once, so that a bad one is named once
+        for att_label, att in attacks[:1] if agg_label != aggregators[0][0] else attacks:
+            try:
+                sub = copy.deepcopy(raw)
+                sub["aggregator"], sub["attack"] = agg, att
+                build_scenario(sub, "")
+            except ConfigError as exc:
+                cell_problems.append(f"cell {agg_label} x {att_label}: {exc}")
+    if cell_problems:
+        raise ConfigError(head + " | ".join(cell_problems))
+    return matrix
+
+
+def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
+    raw = read_toml(path)
+    for key, value in parse_overrides(list(overrides or [])).items():
+        _set_dotted(raw, key, value)
+    return build_matrix(raw, str(path))
+
+
+def loads_matrix(text: str, source: str = "matrix") -> Matrix:
+    return build_matrix(_parse_toml(text, source), source)
+
+
+def _cell_record(cell: Cell, summary: dict[str, Any], wall: float) -> Record:
+    metrics = {
+        "clean_accuracy": summary["final_clean_accuracy"], "attack_success_rate": summary["final_attack_success_rate"],
+        "mean_attack_success_rate": summary["mean_attack_success_rate"],
+        "start_clean_accuracy": summary["start_clean_accuracy"], "attacked_rounds": summary["attacked_rounds"],
+        "wall_s": round(wall, 2),
+    }
+    subject = {"aggregator": cell.aggregator, "attack": cell.attack, "matrix_scenario": cell.scenario["name"],
+               "rounds": summary["rounds"], "engine": summary.get("engine")}
+    return Record(VERB, cell.config, cell.seed, metrics, subject, versions())
+
+
+def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_root: str | Path | None = None,
+               on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not yet in out/matrix.jsonl; write the records, cells/<n>/records.jsonl (rounds), the
+    heatmap (matrix.png) and the table (matrix.md). Returns every cell's record dict."""
+    from . import plots
+    from .simulation import simulate, variant_dir
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / "matrix.jsonl"
+    done = {r["run_id"]: r for r in read_jsonl(records_path)} if records_path.is_file() else {}
+    cache = FederationCache()
+    check_scenario_data(matrix.base, data_root, cache)
+    cells = matrix.cells()
+    results: list[dict[str, Any]] = []
+    for i, cell in enumerate(cells):
+        if cell.run_id in done:
+            results.append(done[cell.run_id])
+            continue
+        started = time.perf_counter()
+        folder = out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")
+        res = simulate(cell.scenario, folder, progress=False, data_root=data_root, label=f"{cell.aggregator} x {cell.attack}",
+                       cache=cache)
+        record = _cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started).to_dict()
+        results.append(record)
+        write_jsonl(records_path, [record], append=True)
+        if on_cell is not None:
+            on_cell(cell, record)
+        elif progress:
+            print(f"[{i + 1}/{len(cells)}] {cell.aggregator} x {cell.attack} seed {cell.seed}: "
+                  f"clean {record['clean_accuracy']:.3f} asr {record['attack_success_rate']:.3f} "
+                  f"({record['wall_s']:.0f} s)", flush=True)
+    plots.plot_matrix(out / "matrix.png", results, matrix.metric, [a for a, _ in matrix.aggregators],
+                      [a for a, _ in matrix.attacks], title=matrix.base["name"])
+    (out / "matrix.md").write_text(matrix_markdown(results, matrix.metric, [a for a, _ in matrix.aggregators],
+                                                   [a for a, _ in matrix.attacks]))
+    return results
+
+
+def cell_means(records: list[dict[str, Any]], metric: str) -> dict[tuple[str, str], tuple[float, float, float, int]]:
+    """(aggregator, attack) -> (mean, min, max, seeds) of `metric` over the seeds run."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        value = r.get(metric)
+        if value is not None:
+            groups.setdefault((r["aggregator"], r["attack"]), []).append(float(value))
+    return {k: (sum(v) / len(v), min(v), max(v), len(v)) for k, v in groups.items()}
+
+
+def worst_cases(records: list[dict[str, Any]], metric: str, aggregators: list[str], attacks: list[str]
+                ) -> dict[str, tuple[str, float]]:
+    """Per aggregator, the attack (other than "none") that did the most harm and its mean metric."""
+    means = cell_means(records, metric)
+    lower = metric == "clean_accuracy"
+    out = {}
+    for agg in aggregators:
+        cands = [(att, means[(agg, att)][0]) for att in attacks if att != "none" and (agg, att) in means]
+        if cands:
+            out[agg] = (min if lower else max)(cands, key=lambda c: c[1])
+    return out
+
+
+def matrix_markdown(records: list[dict[str, Any]], metric: str, aggregators: list[str], attacks: list[str]) -> str:
+    from ..report import markdown_table
+
+    means = cell_means(records, metric)
+    worst = worst_cases(records, metric, aggregators, attacks)
+    seeds = max((v[3] for v in means.values()), default=0)
+    columns = ["aggregator", *attacks, "worst case"]
+    rows = []
+    for agg in aggregators:
+        row = {"aggregator": agg}
+        for att in attacks:
+            m = means.get((agg, att))
+            row[att] = "—" if m is None else (f"{m[0]:.3f}" if m[3] == 1 else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]")
+        w = worst.get(agg)
+        row["worst case"] = "—" if w is None else f"**{w[1]:.3f}** ({w[0]})"
+        rows.append(row)
+    what = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
+    note = f"{what}; mean over {seeds} seed(s)" + (", [min, max]" if seeds > 1 else "")
+    return f"{note}\n\n" + markdown_table(rows, columns)
