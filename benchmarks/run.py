@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -37,7 +38,10 @@ def main() -> None:
         records = module.run(quick=args.quick)
         meta = {"benchmark": name, "quick": args.quick, "wall_time_s": round(time.perf_counter() - started, 1),
                 "machine": {"cores": available_cores(), "platform": platform.platform(),
-                            "processor": platform.processor()}, "versions": versions()}
+                            "processor": platform.processor(),
+                            # other jobs on the machine inflate absolute times (ratios measured side by side less)
+                            "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()]},
+                "versions": versions()}
         (args.out / f"{name}.json").write_text(json.dumps({**meta, "records": records}, indent=1))
         table = markdown_table(records, module.COLUMNS, getattr(module, "FORMATS", {}))
         (args.out / f"{name}.md").write_text(
