@@ -119,3 +119,23 @@ def test_a_tiny_matrix_runs_resumes_and_shows_the_robust_rule_holding(tmp_path, 
     assert "worst case" in (tmp_path / "matrix.md").read_text()
     again = run_matrix(matrix, tmp_path, progress=False, data_root=data_root, on_cell=lambda c, r: seen.append(c))
     assert len(seen) == 4 and [r["run_id"] for r in again] == [r["run_id"] for r in records]  # resumed: none rerun
+
+
+def test_round_records_carry_mixtailors_draw_and_fltrust_trains_on_root_data_outside_the_test_subset(data_root):
+    from backdoor_arena.federated.simulation import simulate
+
+    text = BASE.replace("rounds = 3", "rounds = 4").replace("eval_every = 3", "eval_every = 4")
+    pool = '[aggregator]\nname = "mixtailor"\nf = 2\npool = ["krum", "coordinate-median", { name = "fltrust", root_samples = 40 }]\n'
+    sc = load_scenario_text(text + pool)
+    a = simulate(sc, None, progress=False, data_root=data_root)
+    b = simulate(sc, None, progress=False, data_root=data_root)
+    draws = [r["aggregator_rule"] for r in a.records if r["round"] > 0]
+    assert len(draws) == 4 and draws == [r["aggregator_rule"] for r in b.records if r["round"] > 0]
+    assert torch.equal(a.weights, b.weights)
+    fed = Federation.setup(sc, data_root, progress=False)
+    assert fed.root_data is not None and len(fed.root_data) == 40
+    test_images = {bytes(x.numpy().tobytes()) for x in fed.test_set.images}
+    assert not any(bytes(x.numpy().tobytes()) in test_images for x in fed.root_data.images)
+    pipe = RoundPipeline(fed)
+    g0 = pipe.server_update(1)
+    assert g0.shape == pipe.weights.shape and float(g0.norm()) > 0
