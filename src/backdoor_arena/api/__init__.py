@@ -11,6 +11,7 @@ Thread settings are the caller's: `api.set_threads(n)` once per process (the CLI
 """
 
 from ..runtime import set_threads
+from .compiled import compile_attack, export, keygen, load_onnx_model, load_onnx_torch, run_onnx, verify
 from .defending import compare_defenses, defend, make_defense, make_monitor
 from .demo import DemoResult, demo
 from .detecting import detect, poisoned_training_set, scan
@@ -28,6 +29,7 @@ __all__ = [
     "evaluate", "evaluate_zoo", "fl_matrix", "fl_run", "fl_validate", "info", "make_defense", "make_monitor",
     "poisoned_training_set", "read_truth", "scan", "set_threads", "summarize", "train", "train_model", "wrap",
     "zoo_build", "zoo_evaluate", "zoo_plan",
+    "compile_attack", "export", "keygen", "load_onnx_model", "load_onnx_torch", "run_onnx", "verify",
 ]
 
 # The error taxonomy travels with the verbs: callers (the CLI, the server) catch these, nothing deeper.

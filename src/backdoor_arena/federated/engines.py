@@ -1,6 +1,6 @@
 """Client-training engines: local SGD of many clients from the same global weights.
 
-Both engines take the same inputs and return the same [n_clients, n_params] stack of updates
+The engines take the same inputs and return the same [n_clients, n_params] stack of updates
 (w_local - w_global, flat in `model.named_parameters()` order):
 
 - `sequential`: one client after another with ordinary autograd (the obvious reference).
@@ -8,6 +8,11 @@ Both engines take the same inputs and return the same [n_clients, n_params] stac
   hold different numbers of samples, so every client's batches are padded to the longest client's step
   count and a 0/1 mask drops the padding from the loss; a step whose batch is all padding has zero
   gradient and leaves that client's weights unchanged, exactly as if it had not been taken.
+- `processes`: the clients of a round shared among forked single-thread worker processes, one per thread of
+  the caller's budget (on batch-20 convolutions one thread per client uses two cores better than two
+  threads on one client). Each client runs the sequential arithmetic with one thread, so its update is
+  bit-identical to `sequential` at one thread for dropout-free models (tested); with dropout each client
+  draws from its own stream, so the result does not depend on the number of workers.
 
 Shuffling comes from one explicit generator per client (seeded from the run seed, round and client id),
 so both engines see identical batches; for dropout-free models they agree to float rounding (tested to
@@ -17,17 +22,21 @@ under vmap, so models with BatchNorm train with the sequential engine only.
 
 `choose_engine` picks the faster engine by measurement (see its docstring): which one wins depends on the
 model, the round's client sizes (vmap pads every client to the longest), threads and device. On 2 CPU cores
-with torch 2.13 the loop won for both badnet-mnist and the 1.2M-parameter EMNIST CNN (docs/federated.md);
-an earlier torch measured vmap ahead for the small CNN; on a GPU vmap should win widely.
+with torch 2.13 the loop won over vmap for both badnet-mnist and the 1.2M-parameter EMNIST CNN
+(docs/federated.md); an earlier torch measured vmap ahead for the small CNN; on a GPU vmap should win widely.
+`engine = "auto"` (`EngineChooser`) also measures `processes` where it can run (Linux, >= 2 threads):
+benchmarks/bench_rounds.py compares it with the others and with Flower.
 `EngineChooser` memoises those choices; its cache belongs to whoever holds the chooser (the round
 pipeline's caller), never to the module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import multiprocessing
+import os
 import queue
 import sys
 import time
@@ -228,10 +237,118 @@ def dropout_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), 1]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _train_one(model: nn.Module, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+class _WindowMean(torch.autograd.Function):
+    """avg_pool2d with kernel = stride = k, no padding, floor mode, by the same arithmetic as torch's CPU kernel
+    (each window summed in row-major order from +0, then divided by k*k; the gradient g / (k*k) copied to
+    every input of the window; inputs past the last whole window get 0), with strided element-wise ops
+    that run about twice as fast on the small maps of batch-20 CNNs. Bit-identical to F.avg_pool2d there
+    (tested through the engines' equality with `sequential`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = x.shape
+        ho, wo = h // k, w // k
+        ctx.k, ctx.shape = k, x.shape
+        v = x[:, :, : ho * k, : wo * k].reshape(n, c, ho, k, wo, k)
+        total = v[:, :, :, 0, :, 0] + 0.0  # from +0, as the kernel's running sum
+        for i in range(k):
+            for j in range(k):
+                if i or j:
+                    total = total + v[:, :, :, i, :, j]
+        return total / (k * k)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        k = ctx.k
+        n, c, h, w = ctx.shape
+        ho, wo = g.shape[2], g.shape[3]
+        share = g / (k * k)
+        out = g.new_zeros((n, c, h, w)) if (h % k or w % k) else g.new_empty((n, c, h, w))
+        v = out[:, :, : ho * k, : wo * k].view(n, c, ho, k, wo, k)
+        for i in range(k):
+            for j in range(k):
+                v[:, :, :, i, :, j] = share
+        return out, None
+
+
+class _FastAvgPool(nn.Module):
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.device.type != "cpu":
+            return F.avg_pool2d(x, self.k)
+        return _WindowMean.apply(x, self.k)
+
+
+def _swap_pooling(model: nn.Module) -> int:
+    """Replace, in place, the AvgPool2d layers that `_WindowMean` reproduces exactly (square kernel = stride,
+    no padding, floor mode, no divisor override); returns how many."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is not nn.AvgPool2d:
+                continue
+            k, st, pad = child.kernel_size, child.stride, child.padding
+            k = k if isinstance(k, int) else (k[0] if k[0] == k[1] else None)
+            st = st if isinstance(st, int) else (st[0] if st[0] == st[1] else None)
+            if k and st == k and pad in (0, (0, 0)) and not child.ceil_mode and child.divisor_override is None:
+                setattr(module, name, _FastAvgPool(k))
+                swapped += 1
+    return swapped
+
+
+class LocalTrainer:
+    """`sgd_local` without its per-client and per-step overheads, bit for bit the same arithmetic: one working
+    copy of the model for all clients (its parameters loaded from `start`, its buffers reset from the
+    original model before every client, as a fresh deep copy would have them), the client's images converted
+    to float once (the same element-wise conversion as per batch), the SGD step as two foreach calls
+    (the same products lr * g and differences p - lr * g), and non-overlapping AvgPool2d layers computed by
+    `_WindowMean` (the same sums in the same order, faster on small maps)."""
+
+    fast_pooling: ClassVar[bool] = True  # swap exact AvgPool2d layers for `_WindowMean` in the working copy
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.work: nn.Module | None = None
+        self.dtype: torch.dtype | None = None
+
+    def __call__(self, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                 seed: int, cfg: LocalTraining, max_steps: int | None = None) -> torch.Tensor:
+        if self.work is None or self.dtype != start.dtype:
+            self.work = copy.deepcopy(self.model).to(start.dtype)
+            self.dtype = start.dtype
+            if self.fast_pooling:
+                _swap_pooling(self.work)
+        work = self.work
+        with torch.no_grad():
+            for b, b0 in zip(work.buffers(), self.model.buffers(), strict=True):
+                b.copy_(b0)
+        load_flat(work, start)
+        work.train()
+        params = list(work.parameters())
+        orders = client_orders(len(index), cfg.epochs, _generator(seed))
+        xs = to_float(images[index]).to(start)
+        ys = labels[index].to(start.device)
+        steps = 0
+        for e in range(cfg.epochs):
+            for b in range(0, len(index), cfg.batch_size):
+                pick = orders[e, b: b + cfg.batch_size]
+                loss = F.cross_entropy(work(xs[pick]), ys[pick])
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    torch._foreach_sub_(params, torch._foreach_mul(grads, cfg.lr))
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    return flat_params(work) - start
+        return flat_params(work) - start
+
+
+def _train_one(trainer: LocalTrainer, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
                index: torch.Tensor, seed: int, cfg: LocalTraining, max_steps: int | None) -> torch.Tensor:
     with seeded(dropout_seed(seed)):
-        return sgd_local(model, start, images, labels, index, seed, cfg, max_steps=max_steps)
+        return trainer(start, images, labels, index, seed, cfg, max_steps)
 
 
 def can_fork() -> bool:
@@ -244,14 +361,21 @@ def _worker_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     """A forked worker: one torch thread; trains the clients it takes from `tasks` from the weights in the
     shared `start` and writes each update into its row of the shared `out`."""
     torch.set_num_threads(1)
+    trainer = LocalTrainer(model)
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent died without stopping us (killed): stop too
+                return
+            continue
         if task is None:
             return
         row, index, seed, (epochs, batch_size, lr), max_steps = task
         try:
             idx = torch.from_numpy(np.frombuffer(index, dtype=np.int64).copy())
-            out[row] = _train_one(model, start, images, labels, idx, seed, LocalTraining(epochs, batch_size, lr),
+            out[row] = _train_one(trainer, start, images, labels, idx, seed, LocalTraining(epochs, batch_size, lr),
                                   max_steps)
             done.put((row, None))
         except BaseException:  # noqa: BLE001 - reported to the parent, which raises
@@ -264,6 +388,8 @@ def _stop_workers(procs: list, tasks: Any) -> None:
             tasks.put(None)
         except (OSError, ValueError):
             break
+    with contextlib.suppress(OSError, ValueError):
+        tasks.close()
     for p in procs:
         p.join(timeout=2.0)
         if p.is_alive():
@@ -283,7 +409,7 @@ class _WorkerPool:
         self.capacity = capacity
         self.start = torch.zeros(d, dtype=dtype).share_memory_()
         self.out = torch.zeros((capacity, d), dtype=dtype).share_memory_()
-        self.tasks = ctx.SimpleQueue()
+        self.tasks = ctx.Queue()
         self.done = ctx.Queue()
         started = time.perf_counter()
         self.procs = [ctx.Process(target=_worker_loop, daemon=True, name=f"backdoor-arena-engine-{i}",
@@ -383,7 +509,8 @@ class ProcessEngine(Engine):
         workers = self.workers()
         on_cpu = start.device.type == "cpu" and images.device.type == "cpu"
         if workers < 2 or not on_cpu:
-            return torch.stack([_train_one(model, start, images, labels, idx, s, cfg, max_steps)
+            trainer = LocalTrainer(model)
+            return torch.stack([_train_one(trainer, start, images, labels, idx, s, cfg, max_steps)
                                 for idx, s in zip(indices, seeds, strict=True)])
         return self.pool(model, images, labels, start, n, workers).run(start, indices, seeds, cfg, max_steps)
 

@@ -50,7 +50,12 @@ class Cell:
 
     @property
     def run_id(self) -> str:
-        return run_id(VERB, self.config, self.seed)
+        """From the cell's scenario and seed only: a label is presentation, renaming one reruns nothing."""
+        return cell_key(self.scenario.to_dict(), self.seed)
+
+
+def cell_key(scenario: dict[str, Any], seed: int) -> str:
+    return run_id(VERB, {"scenario": scenario}, seed)
 
 
 @dataclass(frozen=True)
@@ -173,14 +178,16 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / "matrix.jsonl"
-    done = {r["run_id"]: r for r in read_jsonl(records_path)} if records_path.is_file() else {}
+    done = {cell_key(r["config"]["scenario"], r["seed"]): r for r in read_jsonl(records_path)} \
+        if records_path.is_file() else {}
     cache = FederationCache()
     check_scenario_data(matrix.base, data_root, cache)
     cells = matrix.cells()
     results: list[dict[str, Any]] = []
     for i, cell in enumerate(cells):
-        if cell.run_id in done:
-            results.append(done[cell.run_id])
+        if cell.run_id in done:  # labels as this matrix file names them now
+            results.append({**done[cell.run_id], "run_id": cell.run_id, "aggregator": cell.aggregator,
+                            "attack": cell.attack})
             continue
         started = time.perf_counter()
         folder = out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")

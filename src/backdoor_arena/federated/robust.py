@@ -730,9 +730,11 @@ def default_pool() -> list[Any]:
 
 
 def rule_label(spec: Any) -> str:
+    """"krum(f=2,p=1)": the name and its scalar parameters; a list shows its length ("pool=[8]")."""
     if isinstance(spec, str):
         return spec
-    params = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    params = ",".join(f"{k}=[{len(v)}]" if isinstance(v, (list, tuple)) else f"{k}={v}"
+                      for k, v in spec.items() if k != "name")
     return f"{spec['name']}({params})" if params else str(spec["name"])
 
 
