@@ -193,7 +193,8 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_r
         folder = out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")
         res = simulate(cell.scenario, folder, progress=False, data_root=data_root, label=f"{cell.aggregator} x {cell.attack}",
                        cache=cache)
-        record = _cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started).to_dict()
+        record = {**_cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started).to_dict(),
+                  "run_id": cell.run_id}
         results.append(record)
         write_jsonl(records_path, [record], append=True)
         if on_cell is not None:
