@@ -203,10 +203,11 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_r
             print(f"[{i + 1}/{len(cells)}] {cell.aggregator} x {cell.attack} seed {cell.seed}: "
                   f"clean {record['clean_accuracy']:.3f} asr {record['attack_success_rate']:.3f} "
                   f"({record['wall_s']:.0f} s)", flush=True)
-    plots.plot_matrix(out / "matrix.png", results, matrix.metric, [a for a, _ in matrix.aggregators],
-                      [a for a, _ in matrix.attacks], title=matrix.base["name"])
-    (out / "matrix.md").write_text(matrix_markdown(results, matrix.metric, [a for a, _ in matrix.aggregators],
-                                                   [a for a, _ in matrix.attacks]))
+    aggregators, attacks = [a for a, _ in matrix.aggregators], [a for a, _ in matrix.attacks]
+    means = cell_means(results, matrix.metric)
+    worst = worst_cases(results, matrix.metric, aggregators, attacks)
+    plots.plot_matrix(out / "matrix.png", means, worst, matrix.metric, aggregators, attacks, title=matrix.base["name"])
+    (out / "matrix.md").write_text(plots.matrix_markdown(means, worst, matrix.metric, aggregators, attacks))
     return results
 
 
@@ -231,24 +232,3 @@ def worst_cases(records: list[dict[str, Any]], metric: str, aggregators: list[st
         if cands:
             out[agg] = (min if lower else max)(cands, key=lambda c: c[1])
     return out
-
-
-def matrix_markdown(records: list[dict[str, Any]], metric: str, aggregators: list[str], attacks: list[str]) -> str:
-    from ..report import markdown_table
-
-    means = cell_means(records, metric)
-    worst = worst_cases(records, metric, aggregators, attacks)
-    seeds = max((v[3] for v in means.values()), default=0)
-    columns = ["aggregator", *attacks, "worst case"]
-    rows = []
-    for agg in aggregators:
-        row = {"aggregator": agg}
-        for att in attacks:
-            m = means.get((agg, att))
-            row[att] = "—" if m is None else (f"{m[0]:.3f}" if m[3] == 1 else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]")
-        w = worst.get(agg)
-        row["worst case"] = "—" if w is None else f"**{w[1]:.3f}** ({w[0]})"
-        rows.append(row)
-    what = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
-    note = f"{what}; mean over {seeds} seed(s)" + (", [min, max]" if seeds > 1 else "")
-    return f"{note}\n\n" + markdown_table(rows, columns)

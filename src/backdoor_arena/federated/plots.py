@@ -97,15 +97,12 @@ def write_summary(out: str | Path, name: str, description: str, rows: list[dict[
     (out / "summary.json").write_text(json.dumps(json_safe(rows), indent=1, default=str))
 
 
-def plot_matrix(path: Path, records: list[dict[str, Any]], metric: str, aggregators: list[str], attacks: list[str],
+def plot_matrix(path: Path, means: dict[tuple[str, str], tuple[float, float, float, int]],
+                worst: dict[str, tuple[str, float]], metric: str, aggregators: list[str], attacks: list[str],
                 title: str = "") -> Path:
-    """Heatmap of the matrix (rows aggregators, columns attacks, plus the worst case per aggregator), the cell's
-    mean `metric` over seeds written in it; red = bad for the defender (low accuracy or high attack success)."""
-    from .matrix import cell_means, worst_cases
-
+    """Heatmap of a matrix (rows aggregators, columns attacks, plus the worst case per aggregator) from the
+    cells' (mean, min, max, seeds) of `metric` (matrix.cell_means); red = bad for the defender."""
     plt = pyplot()
-    means = cell_means(records, metric)
-    worst = worst_cases(records, metric, aggregators, attacks)
     cols = [*attacks, "worst case"]
     grid = np.full((len(aggregators), len(cols)), np.nan)
     for i, agg in enumerate(aggregators):
@@ -129,3 +126,22 @@ def plot_matrix(path: Path, records: list[dict[str, Any]], metric: str, aggregat
     fig.colorbar(im, ax=ax, label=label, fraction=0.04)
     ax.set_title(f"{title}: {label}" if title else label, fontsize=10)
     return save_figure(fig, path)
+
+
+def matrix_markdown(means: dict[tuple[str, str], tuple[float, float, float, int]], worst: dict[str, tuple[str, float]],
+                    metric: str, aggregators: list[str], attacks: list[str]) -> str:
+    """The matrix as a markdown table with the worst case per aggregator."""
+    seeds = max((v[3] for v in means.values()), default=0)
+    columns = ["aggregator", *attacks, "worst case"]
+    rows = []
+    for agg in aggregators:
+        row = {"aggregator": agg}
+        for att in attacks:
+            m = means.get((agg, att))
+            row[att] = "—" if m is None else (f"{m[0]:.3f}" if m[3] == 1 else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]")
+        w = worst.get(agg)
+        row["worst case"] = "—" if w is None else f"**{w[1]:.3f}** ({w[0]})"
+        rows.append(row)
+    what = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
+    note = f"{what}; mean over {seeds} seed(s)" + (", [min, max]" if seeds > 1 else "")
+    return f"{note}\n\n" + markdown_table(rows, columns)
