@@ -8,6 +8,7 @@ verbs layer and the conformance suite see the same components; a new plugin is o
 from __future__ import annotations
 
 from .attacks import ATTACKS, MODEL_ATTACKS
+from .compiled import COMPILE_ATTACKS
 from .data import DATASETS
 from .defenses import DATA_FILTERS, INPUT_DETECTORS, MITIGATIONS, MODEL_DETECTORS, ROBUST_TRAINERS
 from .federated.adversaries import ADVERSARIES
@@ -23,6 +24,7 @@ KINDS: dict[str, Registry] = {
     "model-attacks": MODEL_ATTACKS, "mitigations": MITIGATIONS, "model-detectors": MODEL_DETECTORS,
     "input-detectors": INPUT_DETECTORS, "data-filters": DATA_FILTERS, "robust-trainers": ROBUST_TRAINERS,
     "aggregators": AGGREGATORS, "fl-attacks": CLIENT_ATTACKS, "adversaries": ADVERSARIES, "engines": ENGINES,
+    "compile-attacks": COMPILE_ATTACKS,
 }
 
 # Detectors of every kind, as `detect NAME` addresses them (names are unique across the three kinds).
@@ -41,7 +43,7 @@ def detector_kind(name: str) -> str:
 
 
 __all__ = [
-    "ADVERSARIES", "AGGREGATORS", "ATTACKS", "CLIENT_ATTACKS", "DATASETS", "DATA_FILTERS", "DETECTOR_KINDS",
+    "ADVERSARIES", "AGGREGATORS", "ATTACKS", "CLIENT_ATTACKS", "COMPILE_ATTACKS", "DATASETS", "DATA_FILTERS", "DETECTOR_KINDS",
     "ENGINES", "INPUT_DETECTORS", "KINDS", "MITIGATIONS", "MODELS", "MODEL_ATTACKS", "MODEL_DETECTORS",
     "ROBUST_TRAINERS", "TRIGGERS", "detector_kind",
 ]

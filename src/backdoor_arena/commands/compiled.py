@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import api
-from ..api.compiled import COMPILE_ATTACKS
+from ..registries import COMPILE_ATTACKS
 from .generate import first_line, given_plugin_params, make_command, option_parameters
 from .options import DataRoot, Json, Overwrite, emit, pct
 
