@@ -40,7 +40,7 @@ def _inputs(d: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"global_weights": torch.randn(d, generator=g), "server_update": torch.randn(d, generator=g)}
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(n=st.integers(7, 12), d=st.integers(1, 9), seed=st.integers(0, 10_000))
 def test_fast_rules_equal_their_slow_references(n, d, seed):
     g = torch.Generator().manual_seed(seed)
@@ -50,6 +50,11 @@ def test_fast_rules_equal_their_slow_references(n, d, seed):
         rule = make_aggregator(spec)
         fast = rule.aggregate(updates, weights, torch.Generator().manual_seed(1), _inputs(d))
         slow = rule.reference(updates, weights, torch.Generator().manual_seed(1), _inputs(d))
+        if slow.scores is not None and spec["name"] == "krum":
+            best = sorted(slow.scores.tolist())
+            if best[1] - best[0] <= 1e-5 * (1 + abs(best[0])):  # an exact tie (l_1 sums are piecewise linear)
+                assert float(slow.scores[fast.selected[0]]) == pytest.approx(best[0], rel=1e-5, abs=1e-5)
+                continue
         assert torch.allclose(fast.update, slow.update, atol=1e-5, rtol=1e-4), (spec, fast.update, slow.update)
         if slow.selected is not None:
             assert sorted(fast.selected.tolist()) == sorted(slow.selected.tolist()), spec
@@ -237,3 +242,13 @@ def test_adaptive_attack_picks_the_worst_epsilon_for_the_known_rule():
 
 def test_coordinate_median_of_even_count_averages_the_middle_pair():
     assert coordinate_median(torch.tensor([[4.0], [1.0], [3.0], [2.0]])).item() == 2.5
+
+
+def test_flame_never_admits_a_non_finite_update():
+    g = torch.Generator().manual_seed(0)
+    benign = 0.5 + 0.05 * torch.randn(10, 20, generator=g)
+    bad = torch.full((2, 20), float("nan"))
+    bad[1] = float("inf")
+    res = make_aggregator({"name": "flame", "noise_lambda": 0.0}).aggregate(
+        torch.cat([benign, bad]), torch.ones(12, dtype=torch.float64), torch.Generator(), {"global_weights": torch.zeros(20)})
+    assert bool(torch.isfinite(res.update).all()) and set(res.selected.tolist()) <= set(range(10))

@@ -181,6 +181,7 @@ def largest_cluster(dist: torch.Tensor) -> torch.Tensor:
     n = dist.shape[0]
     if n < 3:
         return torch.arange(n)
+    dist = torch.nan_to_num(dist, nan=2.0, posinf=2.0)  # a non-finite model is as far as cosine goes
     labels = HDBSCAN(metric="precomputed", min_cluster_size=n // 2 + 1, min_samples=1,
                      allow_single_cluster=True, copy=True).fit_predict(dist.numpy().astype("float64"))
     labels = torch.as_tensor(labels)
@@ -685,7 +686,8 @@ class Flame(Aggregator):
     def aggregate(self, updates, weights, generator, state):
         check_stack(updates, weights)
         w = _needs(state, "global_weights", "flame")
-        admitted = largest_cluster(cosine_distances_of_models(updates, w))
+        finite = torch.nonzero(torch.isfinite(updates).all(1)).flatten()  # a NaN/inf row is never admitted
+        admitted = finite[largest_cluster(cosine_distances_of_models(updates[finite], w))]
         norms = torch.linalg.vector_norm(updates, dim=1)
         bound = float(coordinate_median(norms.unsqueeze(1))[0])
         factors = torch.clamp(bound / norms.clamp_min(1e-30), max=1.0)
@@ -697,7 +699,8 @@ class Flame(Aggregator):
 
     def reference(self, updates, weights, generator, state=None):
         w = _needs(state, "global_weights", "flame").double()
-        models = [w + r for r in updates.double()]
+        finite = [i for i in range(updates.shape[0]) if bool(torch.isfinite(updates[i]).all())]
+        models = [w + updates[i].double() for i in finite]
         n = len(models)
         dist = torch.zeros(n, n, dtype=torch.float64)
         for i in range(n):
@@ -705,9 +708,9 @@ class Flame(Aggregator):
                 if i != j:
                     cos = float(models[i] @ models[j]) / (loop_norm(models[i]) * loop_norm(models[j]))
                     dist[i, j] = max(0.0, 1 - cos)
-        admitted = largest_cluster(dist).tolist()
+        admitted = [finite[i] for i in largest_cluster(dist).tolist()]
         norms = sorted(loop_norm(r) for r in updates)
-        bound = (norms[(n - 1) // 2] + norms[n // 2]) / 2
+        bound = (norms[(len(norms) - 1) // 2] + norms[len(norms) // 2]) / 2
         factors = [min(1.0, bound / max(loop_norm(r), 1e-30)) for r in updates]
         mean = sum(factors[i] * updates[i].double() for i in admitted) / len(admitted)
         noise = torch.randn(updates.shape[1], generator=generator, dtype=updates.dtype) * (self.noise_lambda * bound)
