@@ -10,7 +10,9 @@ worst case per aggregator.
     aggregators = [{ name = "fedavg" }, { name = "krum", f = 2 }, { name = "mixtailor", f = 2 }]
 
 The rest of the file is an ordinary scenario (its own [attack] and [aggregator] tables are replaced per cell).
-An attack named "none" runs the round with every client honest. Cells run one after another in one process
+An attack named "none" runs the round with every client honest. A cell whose attack cannot run against its
+rule (a ConfigError, e.g. the adaptive attack against FLTrust, whose root data is private) is recorded with its
+reason and no metrics, and the matrix goes on. Cells run one after another in one process
 and share a `FederationCache` (data, pre-training, engine choice); a cell whose record is already in
 out/matrix.jsonl (same run id) is skipped, so an interrupted matrix resumes where it stopped.
 """
@@ -191,8 +193,19 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_r
             continue
         started = time.perf_counter()
         folder = out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")
-        res = simulate(cell.scenario, folder, progress=False, data_root=data_root, label=f"{cell.aggregator} x {cell.attack}",
-                       cache=cache)
+        try:
+            res = simulate(cell.scenario, folder, progress=False, data_root=data_root,
+                           label=f"{cell.aggregator} x {cell.attack}", cache=cache)
+        except ConfigError as exc:  # this attack cannot run against this rule (e.g. it needs private data)
+            record = {**Record(VERB, cell.config, cell.seed, {"clean_accuracy": None, "attack_success_rate": None,
+                                                               "wall_s": round(time.perf_counter() - started, 2)},
+                               {"aggregator": cell.aggregator, "attack": cell.attack, "error": str(exc)},
+                               versions()).to_dict(), "run_id": cell.run_id}
+            results.append(record)
+            write_jsonl(records_path, [record], append=True)
+            if progress:
+                print(f"[{i + 1}/{len(cells)}] {cell.aggregator} x {cell.attack}: not applicable ({exc})", flush=True)
+            continue
         record = {**_cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started).to_dict(),
                   "run_id": cell.run_id}
         results.append(record)

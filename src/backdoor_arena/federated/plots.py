@@ -138,7 +138,7 @@ def matrix_markdown(means: dict[tuple[str, str], tuple[float, float, float, int]
         row = {"aggregator": agg}
         for att in attacks:
             m = means.get((agg, att))
-            row[att] = "—" if m is None else (f"{m[0]:.3f}" if m[3] == 1 else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]")
+            row[att] = "n/a" if m is None else (f"{m[0]:.3f}" if m[3] == 1 else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]")
         w = worst.get(agg)
         row["worst case"] = "—" if w is None else f"**{w[1]:.3f}** ({w[0]})"
         rows.append(row)
