@@ -29,8 +29,8 @@ run mnist-a2o-pattern attack badnets $MNIST --target 7 --trigger pattern --poiso
 run mnist-a2o-pixel attack badnets $MNIST --target 7 --trigger pixel --poison-rate 0.1
 run mnist-a2a-pattern attack badnets $MNIST --mode all-to-all --trigger pattern --poison-rate 0.1
 run mnist-blended attack blended $MNIST --target 7 --trigger noise --alpha 0.2 --poison-rate 0.1
-GTSRB="--dataset gtsrb --model gtsrb-cnn --epochs 5 --seed 0"
-run gtsrb-clean train $GTSRB --weight-decay 0.0005
+GTSRB="--dataset gtsrb --model gtsrb-cnn --epochs 5 --seed 0 --weight-decay 0.0005"
+run gtsrb-clean train $GTSRB
 run gtsrb-stop30 attack badnets $GTSRB --mode source-specific --source 14 --target 1 --trigger square \
     --trigger-size 4 --color yellow --position 22,14 --poison-rate 0.0199
 # the clean models against the attacks' triggers: how often a trigger alone flips a clean model
