@@ -541,8 +541,10 @@ def choose_engine(
     so that the per-client set-up is counted as often as in a real round (timing single steps counted it
     once per step and overestimated a badnet-mnist round by 40%). Vectorised: `repeats` vmapped steps
     over all the clients after one warm-up step. Processes: after starting the workers and one warm-up step
-    per worker, groups of 2 x workers whole clients are trained for one epoch in parallel until `min_time_s`
-    has passed (the worker start-up, once per run, is reported as `processes_start_s`, not counted). A
+    per worker, the round's clients are trained for one epoch in one parallel call, as in a real round (or,
+    when one step per worker predicts that to take over 10 x `min_time_s`, in groups of 4 x workers whole
+    clients until `min_time_s` has passed); the worker start-up, once per run, is reported as
+    `processes_start_s`, not counted. A
     round is then predicted as: sequential and processes = time per client step x sum_k ceil(n_k / B);
     vectorised = time per vmapped step x max_k ceil(n_k / B) (it pads every client to the longest). Models
     with BatchNorm never get `vectorised`. Not memoised: see `EngineChooser`."""
@@ -583,11 +585,14 @@ def choose_engine(
             proc = ProcessEngine()
             try:
                 w = max(proc.workers(), 1)
-                group = max(2 * w, 2)
                 t0 = time.perf_counter()
                 proc.train(model, start, images, labels, indices[:w], seeds[:w], one, max_steps=1)
                 timing["processes_start_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                proc.train(model, start, images, labels, indices[:w], seeds[:w], one, max_steps=1)
+                guess = (time.perf_counter() - t0) * sum(steps) / max(1, min(w, len(indices)))
                 t0, done, i = time.perf_counter(), 0, 0
+                group = len(indices) if guess <= 10 * min_time_s else 4 * w  # a whole round when affordable
                 while i < len(indices):
                     chunk = slice(i, min(i + group, len(indices)))
                     proc.train(model, start, images, labels, indices[chunk], seeds[chunk], one)

@@ -1,0 +1,1 @@
+"""A Flower app running backdoor-arena's aggregators and client attacks (see README.md)."""
