@@ -34,7 +34,7 @@ from ..modelfile import MAX_FILE_BYTES, ModelFile, load_model
 from ..records import Record, json_safe
 from ..runtime import versions
 from ..safeio import atomic_write_bytes, atomic_write_text, check_writable_location, shown
-from .outputs import _refuse_inputs
+from .outputs import check_model_output
 from .results import EvaluationResult
 
 ROUND_TRIP_TOLERANCE = 1e-4
@@ -47,20 +47,7 @@ def compiled_spec_path(onnx_path: str | Path) -> Path:
 
 
 def _check_onnx_output(out: str | os.PathLike[str], inputs: list[Any], side_files: list[Path], overwrite: bool) -> Path:
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise ConfigError(f"--out must end in .onnx, got {shown(out)}")
-    if out.is_dir():
-        raise ConfigError(f"--out {shown(out)} is a folder; give a file name ending in .onnx")
-    for path in (out, *side_files):
-        _refuse_inputs(path, inputs, "--out" if path == out else "output")
-        if os.path.lexists(path):
-            if Path(path).is_dir():
-                raise ConfigError(f"output {shown(path)} is a folder; move it or choose another --out")
-            if not overwrite:
-                raise ConfigError(f"{shown(path)} already exists; pass --overwrite to replace it, or choose another --out")
-    check_writable_location(out, "--out")
-    return out
+    return check_model_output(out, inputs=inputs, side_files=side_files, overwrite=overwrite, suffix=".onnx")
 
 
 def _exporter() -> dict[str, Any]:

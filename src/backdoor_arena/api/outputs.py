@@ -23,13 +23,14 @@ def _refuse_inputs(out: Path, inputs: Iterable[str | os.PathLike[str] | None], w
 
 
 def check_model_output(out: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str] | None] = (),
-                       side_files: Iterable[Path] = (), overwrite: bool = False) -> Path:
-    """A model file to be written (with its side files, e.g. the attack spec beside it)."""
+                       side_files: Iterable[Path] = (), overwrite: bool = False, suffix: str = ".safetensors") -> Path:
+    """A model file to be written (with its side files, e.g. the attack spec beside it): a `.safetensors` model
+    file, or with `suffix` another artefact (an exported `.onnx` graph)."""
     out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out must end in .safetensors, got {shown(out)}; model files are .safetensors")
+    if out.suffix != suffix:
+        raise ConfigError(f"--out must end in {suffix}, got {shown(out)}")
     if out.is_dir():
-        raise ConfigError(f"--out {shown(out)} is a folder; give a file name ending in .safetensors")
+        raise ConfigError(f"--out {shown(out)} is a folder; give a file name ending in {suffix}")
     inputs = list(inputs)
     for path in (out, *side_files):
         _refuse_inputs(path, inputs, "--out" if path == out else "output")
