@@ -77,7 +77,7 @@ def run(quick: bool = False) -> list[dict]:
             draws = 5 if spec["name"] == "mixtailor" else 1
             gen = torch.Generator().manual_seed(0)
 
-            def call(rule=rule, draws=draws, gen=gen):
+            def call(rule=rule, draws=draws, gen=gen, updates=updates, weights=weights, inputs=inputs):
                 for _ in range(draws):
                     rule.aggregate(updates, weights, gen, dict(inputs))
 
@@ -87,7 +87,7 @@ def run(quick: bool = False) -> list[dict]:
             records.append({"rule": label, "n": n, "d": d, "median_s": med, "min_s": min(times), "max_s": max(times),
                             "vs_fedavg": med / base})
             print(records[-1], flush=True)
-        times = _time(lambda: krum_pairwise_loop(updates, 5), 1)
+        times = _time(lambda updates=updates: krum_pairwise_loop(updates, 5), 1)
         records.append({"rule": "krum, pairwise loop", "n": n, "d": d, "median_s": times[0], "min_s": times[0],
                         "max_s": times[0], "vs_fedavg": times[0] / base})
         print(records[-1], flush=True)
