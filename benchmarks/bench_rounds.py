@@ -2,15 +2,19 @@
 batch 20, lr 0.1, 1 and 5 local epochs, no attack, FedAvg; the same sampled clients (seed 0) in every
 system. Built-in simulator (`RoundPipeline`, engine `sequential` at all threads, `processes` with one
 single-thread worker per thread, and `auto`, which chooses by measurement) against Flower 1.42's simulation
-engine (Ray, 2 actors x 1 thread, telemetry off, INFO logs off; `RobustStrategy("fedavg")` with the same
-clients through a `sampler`), with the arithmetic floor measured in the same run: forward+backward FLOPs of
-the round's samples (torch's FlopCounterMode on a batch-20 step) / a float32 matmul throughput probe on the
-same threads. A round is sampling + local training + aggregation + applying the update (no evaluation);
-round_s is the median over the timed rounds (the first round of each system, its warm-up, is not timed).
-Flower's start-up (Ray, 539 virtual SuperNodes, actors loading MNIST, answered by one query message per
-node) and its per-round overhead (round_s - the clients' own training time / actors) are reported apart.
-Goals of issue 12: built-in within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's
-speed at 5 epochs and 2.8x at 1 epoch. The machine's load average is recorded before and after each part."""
+engine (Ray, 2 actors x 1 thread, telemetry and INFO logs off, `RobustStrategy("fedavg")` given the same
+clients) in two set-ups, each in its own process: 30 SuperNodes receiving the round's writers as virtual
+clients (the best here), and 539 SuperNodes, one per writer (1 epoch only; the writers' nodes found by one
+query message each). Both systems train with the same code (`engines.LocalTrainer`). The arithmetic floor is
+measured in the same run: forward+backward FLOPs of the round's samples (torch's FlopCounterMode on a
+batch-20 step) / a float32 matmul throughput probe on the same threads (the one-thread probe is reported
+too). A round is sampling + local training + aggregation + applying the update (no evaluation); round_s is
+the median over the timed rounds (the first round of each system, its warm-up, is not timed). Flower's
+start-up (imports, Ray, actors loading MNIST, up to the end of the untimed first round) and its per-round
+overhead (round_s - the clients' own training time / actors) are reported apart. Goals of issue 12: built-in
+within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's speed at 5 epochs and 2.8x at 1
+epoch (vs_flower: the best Flower set-up's round_s / this round_s). The 1-minute load average is recorded
+with every row (it includes this benchmark's own two busy processes)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ SuperNode, badnet-mnist, 1 local epoch, 2 rounds) under several server strategie
 clients, start weights and seeds go through `RoundPipeline`. Per round, the update each Flower strategy
 applied equals the pipeline's within float tolerance (the Flower path carries weights, not updates:
 (w + u) - w rounds u to float32 at |w|), for FedAvg, weak DP, norm clipping under a client attack rewritten
-by `AttackedStrategy`, and every robust rule registered by then (coordinate-median once it lands).
+by `AttackedStrategy`, and every other registered rule that takes 5 rows with its default (or declared example)
+parameters (the robust rules, MixTailor and its recorded draw, FLTrust with the server's root data).
 Without flwr the module is skipped (CI installs the extra); the checks that backdoor_arena itself never needs
 flwr run always.
 """
@@ -25,7 +26,7 @@ HAS_FLWR = importlib.util.find_spec("flwr") is not None and importlib.util.find_
 needs_flwr = pytest.mark.skipif(not HAS_FLWR, reason="flwr[simulation] is not installed: "
                                 "pip install 'backdoor-arena[flower]' (CI installs it)")
 
-K = 5  # writers, all of them sampled every round
+K = 7  # writers, all of them sampled every round (Bulyan with f = 1 needs 7)
 ROUNDS = 2
 SEED = 3
 
@@ -55,7 +56,10 @@ def test_the_adapter_names_the_extra_when_flwr_is_missing():
 # ---- the seeded tiny run --------------------------------------------------------------------------------
 
 def _configs():
-    from backdoor_arena.federated import AGGREGATORS
+    """FedAvg, weak DP, norm clipping under an attack, and every other registered rule that takes K rows with
+    its default parameters, or else with its declared example parameters (the robust rules and MixTailor;
+    FLTrust with the server's root data)."""
+    from backdoor_arena.federated import AGGREGATORS, make_aggregator
 
     configs = {
         "fedavg": ({"name": "fedavg"}, None),
@@ -63,9 +67,14 @@ def _configs():
         "norm-clip+attack": ({"name": "norm-clip", "max_norm": 0.3}, {"name": "norm-bounded", "epochs": 1,
                                                                       "norm_bound": 3.0}),
     }
-    for name in ("coordinate-median", "trimmed-mean", "krum", "geometric-median"):
-        if name in AGGREGATORS:  # the robust rules, once registered
-            configs[name] = ({"name": name}, None)
+    for name in AGGREGATORS.names():
+        if name in ("fedavg", "weak-dp", "norm-clip", "gaussian-noise"):
+            continue
+        for params in ({}, AGGREGATORS.get(name).example_params):  # defaults, else the declared small example
+            spec = {"name": name, **params}
+            if not make_aggregator(spec).round_problems(K):
+                configs[name] = (spec, None)
+                break
     return configs
 
 
@@ -90,7 +99,7 @@ def runs(data_root):
     picks = _writers(fed_all, data_root)
     small = train.subset(torch.cat([fed_all.indices[k] for k in picks]).sort().values)
     cache = FederationCache()
-    cache.datasets[("mnist", "", "", True, str(data_root))] = (small, test.subset(torch.arange(100)))
+    cache.datasets[("mnist", "", "", True, str(data_root))] = (small, test.subset(torch.arange(400)))  # 300 spare
 
     builtin, feds = {}, {}
     for name, (agg, attack) in _configs().items():
@@ -132,7 +141,8 @@ def _flower_run(feds, builtin):
         for name, fed in feds.items():
             sc = fed.scenario
             strategy = fl.RobustStrategy(sc.aggregator, clients_per_round=K, seed=SEED,
-                                         server_lr=sc["federation.server_lr"], min_available_nodes=K)
+                                         server_lr=sc["federation.server_lr"], min_available_nodes=K,
+                                         root_data=fed.root_data, model=fed.model, local=fed.local)
             run = strategy
             if fed.attack is not None:
                 mal = {rr.round: fed.client_ids(rr.selection.malicious) for rr, _ in builtin[name]}
@@ -168,10 +178,20 @@ def test_flower_aggregates_equal_the_builtin_simulator(runs, name):
         order = [rows.index(c) for c in log.client_ids]
         ref = rr.aggregation
         got = log.result
-        assert torch.allclose(got.update, ref.update, atol=2e-6, rtol=1e-4), float((got.update - ref.update).abs().max())
+        # round 1 starts from the same weights: only (w + u) - w rounding separates the stacks; later rounds start
+        # from weights that already differ by that rounding, which local training (and a boosted attack) amplifies
+        tol = 1e-5 if t == 1 else 1e-3
+        diff = got.update - ref.update
+        assert torch.allclose(got.update, ref.update, atol=tol * 0.1, rtol=tol), (t, float(diff.abs().max()))
+        assert float(diff.norm() / ref.update.norm()) < tol, (t, float(diff.norm() / ref.update.norm()))
         assert float(torch.linalg.vector_norm(ref.update)) > 1e-3  # the rounds really moved the model
         if ref.selected is not None:
             assert sorted(log.selected_ids) == sorted(rows[i] for i in ref.selected.tolist())
+        for key, value in ref.info.items():  # the rule's diagnostics, e.g. MixTailor's draw
+            if isinstance(value, float):
+                assert got.info[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+            else:
+                assert got.info[key] == value, key
         for field in ("weights", "scores", "clip_factors"):
             a, b = getattr(got, field), getattr(ref, field)
             assert (a is None) == (b is None), field
@@ -180,7 +200,7 @@ def test_flower_aggregates_equal_the_builtin_simulator(runs, name):
         if fed.attack is not None:
             mal = fed.client_ids(sel.malicious)
             assert run.history[t]["malicious_ids"] == mal and mal
-            assert torch.allclose(run.history[t]["updates"], rr.attack.updates, atol=2e-6, rtol=1e-4)
+            assert torch.allclose(run.history[t]["updates"], rr.attack.updates, atol=tol * 0.1, rtol=tol)
         # the weights Flower's loop carried on with
         if t == ROUNDS:
             assert torch.allclose(fl.flat_weights(strategy.latest, fed.model), w_after, atol=1e-5)

@@ -237,77 +237,12 @@ def dropout_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), 1]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class _WindowMean(torch.autograd.Function):
-    """avg_pool2d with kernel = stride = k, no padding, floor mode, by the same arithmetic as torch's CPU kernel
-    (each window summed in row-major order from +0, then divided by k*k; the gradient g / (k*k) copied to
-    every input of the window; inputs past the last whole window get 0), with strided element-wise ops
-    that run about twice as fast on the small maps of batch-20 CNNs. Bit-identical to F.avg_pool2d there
-    (tested through the engines' equality with `sequential`)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
-        n, c, h, w = x.shape
-        ho, wo = h // k, w // k
-        ctx.k, ctx.shape = k, x.shape
-        v = x[:, :, : ho * k, : wo * k].reshape(n, c, ho, k, wo, k)
-        total = v[:, :, :, 0, :, 0] + 0.0  # from +0, as the kernel's running sum
-        for i in range(k):
-            for j in range(k):
-                if i or j:
-                    total = total + v[:, :, :, i, :, j]
-        return total / (k * k)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        k = ctx.k
-        n, c, h, w = ctx.shape
-        ho, wo = g.shape[2], g.shape[3]
-        share = g / (k * k)
-        out = g.new_zeros((n, c, h, w)) if (h % k or w % k) else g.new_empty((n, c, h, w))
-        v = out[:, :, : ho * k, : wo * k].view(n, c, ho, k, wo, k)
-        for i in range(k):
-            for j in range(k):
-                v[:, :, :, i, :, j] = share
-        return out, None
-
-
-class _FastAvgPool(nn.Module):
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.device.type != "cpu":
-            return F.avg_pool2d(x, self.k)
-        return _WindowMean.apply(x, self.k)
-
-
-def _swap_pooling(model: nn.Module) -> int:
-    """Replace, in place, the AvgPool2d layers that `_WindowMean` reproduces exactly (square kernel = stride,
-    no padding, floor mode, no divisor override); returns how many."""
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is not nn.AvgPool2d:
-                continue
-            k, st, pad = child.kernel_size, child.stride, child.padding
-            k = k if isinstance(k, int) else (k[0] if k[0] == k[1] else None)
-            st = st if isinstance(st, int) else (st[0] if st[0] == st[1] else None)
-            if k and st == k and pad in (0, (0, 0)) and not child.ceil_mode and child.divisor_override is None:
-                setattr(module, name, _FastAvgPool(k))
-                swapped += 1
-    return swapped
-
-
 class LocalTrainer:
     """`sgd_local` without its per-client and per-step overheads, bit for bit the same arithmetic: one working
     copy of the model for all clients (its parameters loaded from `start`, its buffers reset from the
     original model before every client, as a fresh deep copy would have them), the client's images converted
-    to float once (the same element-wise conversion as per batch), the SGD step as two foreach calls
-    (the same products lr * g and differences p - lr * g), and non-overlapping AvgPool2d layers computed by
-    `_WindowMean` (the same sums in the same order, faster on small maps)."""
-
-    fast_pooling: ClassVar[bool] = True  # swap exact AvgPool2d layers for `_WindowMean` in the working copy
+    to float once (the same element-wise conversion as per batch), and the SGD step as two foreach calls
+    (the same products lr * g and differences p - lr * g)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -319,8 +254,6 @@ class LocalTrainer:
         if self.work is None or self.dtype != start.dtype:
             self.work = copy.deepcopy(self.model).to(start.dtype)
             self.dtype = start.dtype
-            if self.fast_pooling:
-                _swap_pooling(self.work)
         work = self.work
         with torch.no_grad():
             for b, b0 in zip(work.buffers(), self.model.buffers(), strict=True):
@@ -352,8 +285,10 @@ def _train_one(trainer: LocalTrainer, start: torch.Tensor, images: torch.Tensor,
 
 
 def can_fork() -> bool:
-    """Worker processes are forked (they inherit the model and the uint8 images without copying them): Linux."""
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    """Worker processes are forked (they inherit the model and the uint8 images without copying them): Linux,
+    and not from a daemonic process (multiprocessing forbids those children, e.g. inside a pool's worker)."""
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon)
 
 
 def _worker_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor,
@@ -543,8 +478,8 @@ def choose_engine(
     over all the clients after one warm-up step. Processes: after starting the workers and one warm-up step
     per worker, the round's clients are trained for one epoch in one parallel call, as in a real round (or,
     when one step per worker predicts that to take over 10 x `min_time_s`, in groups of 4 x workers whole
-    clients until `min_time_s` has passed); the worker start-up, once per run, is reported as
-    `processes_start_s`, not counted. A
+    clients until `min_time_s` has passed), after one untimed such call (or group) that meets every batch
+    shape once; the worker start-up, once per run, is reported as `processes_start_s`, not counted. A
     round is then predicted as: sequential and processes = time per client step x sum_k ceil(n_k / B);
     vectorised = time per vmapped step x max_k ceil(n_k / B) (it pads every client to the longest). Models
     with BatchNorm never get `vectorised`. Not memoised: see `EngineChooser`."""
@@ -565,7 +500,7 @@ def choose_engine(
     with seeded(0):
         if "sequential" in candidates:
             seq = SequentialEngine()
-            seq.train(model, start, images, labels, indices[:1], seeds[:1], one, max_steps=1)
+            seq.train(model, start, images, labels, indices[:1], seeds[:1], one)  # warm-up: one whole client
             t0, done = time.perf_counter(), 0
             for i in range(len(indices)):
                 seq.train(model, start, images, labels, indices[i:i + 1], seeds[i:i + 1], one)
@@ -591,8 +526,10 @@ def choose_engine(
                 t0 = time.perf_counter()
                 proc.train(model, start, images, labels, indices[:w], seeds[:w], one, max_steps=1)
                 guess = (time.perf_counter() - t0) * sum(steps) / max(1, min(w, len(indices)))
-                t0, done, i = time.perf_counter(), 0, 0
                 group = len(indices) if guess <= 10 * min_time_s else 4 * w  # a whole round when affordable
+                # warm-up: the first pass meets every batch shape (partial last batches) for the first time
+                proc.train(model, start, images, labels, indices[:group], seeds[:group], one)
+                t0, done, i = time.perf_counter(), 0, 0
                 while i < len(indices):
                     chunk = slice(i, min(i + group, len(indices)))
                     proc.train(model, start, images, labels, indices[chunk], seeds[chunk], one)

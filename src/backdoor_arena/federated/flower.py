@@ -8,11 +8,13 @@ Server side:
 - `RobustStrategy(aggregator, ...)`: a Flower strategy (a subclass of `flwr.serverapp.strategy.FedAvg`) that
   turns the round's train replies into flat updates w_local - w_global [n, d] with their reported sample
   counts as weights, calls any registered aggregator (`make_aggregator(name_or_dict)`, so rules registered
-  later work too) with a seeded server generator and a state dict kept between rounds, and applies
-  w + server_lr * update. Every round's `AggregationResult` (which rows entered, scores, clip factors, info)
+  later work too) with a seeded server generator and a state dict kept between rounds (filled with the
+  round's inputs as `RoundPipeline` fills it: w_t, and FLTrust's server update on the server's root data),
+  and applies w + server_lr * update. Every round's `AggregationResult` (which rows entered, scores, clip factors, info)
   is kept in `strategy.history` and its numbers are returned in the round's MetricRecord (keys "agg-...").
   Clients are sampled with a seeded generator (not Python's global `random`), and the train config carries
   "server-round" and "seed", so that seeded clients reproduce the built-in simulator's local training.
+  `virtual_clients=N` simulates N clients on fewer SuperNodes (each message names its partition).
 - `AttackedStrategy(strategy, attack, malicious=...)`: wraps any Flower strategy and rewrites the train
   replies of the chosen clients with a registered client attack (CLIENT_ATTACKS) before the wrapped
   strategy aggregates them; an omniscient attack (ALIE, IPM, ...) sees the other replies of the round as
@@ -56,7 +58,7 @@ from ..runtime import seeded
 from .aggregators import AggregationResult, Aggregator, make_aggregator
 from .attacks import CLIENT_ATTACKS, AttackContext, ClientAttack
 from .components import make_component
-from .engines import LocalTrainer, LocalTraining, load_flat
+from .engines import LocalTrainer, LocalTraining, load_flat, sgd_local
 from .pipeline import client_seed
 from .task import AttackerData
 
@@ -245,6 +247,10 @@ class RobustStrategy(FedAvg):
       from range(virtual_clients) (seeded, or `sampler`) and sends one message per client, round-robin over
       the sorted nodes, its config carrying "partition-id"; `client_app` trains that partition. A node may
       get several messages a round and trains them in turn. None: one client per node.
+    root_data, model, local / server_update: the server's own update for rules that need one (FLTrust:
+      `aggregator.server_root_samples()` > 0): its local SGD from w_t on `root_data` (images, labels, or a
+      Dataset) with `model`'s architecture, `local` training and the seed stream client_seed(seed, t, 0, 5), as
+      `RoundPipeline.server_update`; or any function (round, w_t flat) -> update.
     keys: names of the arrays the rule aggregates (default: every floating-point array of the global record);
       other floating arrays are averaged with the sample counts, the rest keep the global value.
     Every other keyword goes to `flwr.serverapp.strategy.FedAvg` (fraction_evaluate defaults to 0 here).
@@ -255,6 +261,9 @@ class RobustStrategy(FedAvg):
                  keys: Sequence[str] | None = None, client_id_key: str = CLIENT_ID,
                  sampler: Callable[[int, list[int]], Iterable[int]] | None = None,
                  virtual_clients: int | None = None,
+                 root_data: tuple[torch.Tensor, torch.Tensor] | Any | None = None, model: nn.Module | None = None,
+                 local: LocalTraining | None = None,
+                 server_update: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
                  fraction_evaluate: float = 0.0, **fedavg_kwargs: Any) -> None:
         super().__init__(fraction_evaluate=fraction_evaluate, **fedavg_kwargs)
         self.sampler = sampler
@@ -263,6 +272,12 @@ class RobustStrategy(FedAvg):
         if virtual_clients is not None and clients_per_round is None and sampler is None:
             raise ConfigError("virtual_clients needs clients_per_round (or a sampler)")
         self.virtual_clients = virtual_clients
+        self.server_update = server_update
+        if server_update is None and root_data is not None:
+            if model is None:
+                raise ConfigError("root_data needs the model (the architecture the server trains its update with)")
+            images, labels = (root_data.images, root_data.labels) if hasattr(root_data, "images") else root_data
+            self.server_update = _root_update(model, images, labels, local or LocalTraining(), int(seed))
         self.aggregator = aggregator if isinstance(aggregator, Aggregator) else make_aggregator(aggregator)
         self.aggregator_spec = aggregator if not isinstance(aggregator, Aggregator) else type(aggregator).__name__
         if clients_per_round is not None and (not isinstance(clients_per_round, int) or clients_per_round < 1):
@@ -354,7 +369,7 @@ class RobustStrategy(FedAvg):
         keys = self.array_keys(global_arrays)
         w = arrays_to_flat(global_arrays, keys)
         rep = parse_replies(valid, w, keys, self.weighted_by_key, self.client_id_key)
-        result = self.aggregate_updates(server_round, rep.updates, rep.weights)
+        result = self.aggregate_updates(server_round, rep.updates, rep.weights, w)
         new = w + self.server_lr * result.update.to(w.dtype)
         others = self._average_others(global_arrays, keys, rep)
         arrays = flat_to_arrays(new, global_arrays, keys, others)
@@ -386,13 +401,21 @@ class RobustStrategy(FedAvg):
             raise ConfigError(f"keys {missing[:5]} are not arrays of the global model")
         return list(self.keys)
 
-    def aggregate_updates(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor
-                          ) -> AggregationResult:
-        """The registered rule on the round's stack (seeded server generator, persistent state)."""
+    def aggregate_updates(self, server_round: int, updates: torch.Tensor, weights: torch.Tensor,
+                          global_weights: torch.Tensor) -> AggregationResult:
+        """The registered rule on the round's stack (seeded server generator, persistent state), with the round's
+        inputs in the state as `RoundPipeline` gives them: `global_weights` (w_t) and, for rules that need one,
+        the server's own `server_update`."""
         problems = self.aggregator.round_problems(int(updates.shape[0]))
         if problems:
             raise ConfigError(f"round {server_round}: aggregator {self.aggregator_spec!r} cannot aggregate "
                               f"{updates.shape[0]} replies: " + "; ".join(problems))
+        self.state["global_weights"] = global_weights
+        if self.aggregator.server_root_samples() > 0:
+            if self.server_update is None:
+                raise ConfigError(f"aggregator {self.aggregator_spec!r} needs the server's own update on its root "
+                                  f"data: give RobustStrategy root_data= and model= (or server_update=)")
+            self.state["server_update"] = self.server_update(server_round, global_weights)
         return self.aggregator.aggregate(updates, weights, self.g_server, self.state)
 
     def round_metrics(self, entry: RoundLog) -> dict[str, Any]:
@@ -429,6 +452,14 @@ class RobustStrategy(FedAvg):
             acc = sum(float(wt) * a[k].numpy().astype(np.float64) for wt, a in zip(rep.weights, rep.arrays, strict=True))
             out[k] = (acc / total).astype(global_arrays[k].dtype)
         return out
+
+
+def _root_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, local: LocalTraining,
+                 seed: int) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    def update(server_round: int, w: torch.Tensor) -> torch.Tensor:
+        return sgd_local(model, w, images, labels, torch.arange(len(labels)), client_seed(seed, server_round, 0, 5),
+                         local)
+    return update
 
 
 # ---- the attack wrapper ------------------------------------------------------------------------------------
@@ -545,6 +576,7 @@ class AttackedStrategy(Strategy):
             server_lr=self.server_lr, aggregator_params=self._aggregator_params(),
             benign_updates=benign.clone() if omniscient else None,
             benign_weights=benign_w.clone() if omniscient else None,
+            aggregator=getattr(self.strategy, "aggregator", None),
         )
         with seeded(client_seed(self.seed, server_round, 0, 3)):
             result = self.attack.craft(ctx)
