@@ -216,6 +216,15 @@ class _ByzantineRule(Aggregator):
     bound: ClassVar[tuple[int, int, str]] = (2, 1, "n >= 2f + 1")
     kind: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _count("f", self.f, problems)
+        self._param_problems(problems)
+        _raise(self.kind, problems)
+
+    def _param_problems(self, problems: list[str]) -> None:
+        """Appends what is wrong with the rule's own parameters (f is checked for every rule)."""
+
     def round_problems(self, n_clients: int) -> list[str]:
         a, b, formula = self.bound
         return _bound(self.kind, n_clients, self.f, a * self.f + b, formula)
@@ -245,11 +254,6 @@ class CoordinateMedian(_ByzantineRule):
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"f": -1}, "f must"),)
     param_help: ClassVar[dict[str, str]] = {"f": _F_HELP}
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
-        _raise(self.kind, problems)
-
     def aggregate(self, updates, weights, generator, state):
         self._check(updates, weights)
         return AggregationResult(coordinate_median(updates))
@@ -274,11 +278,6 @@ class TrimmedMean(_ByzantineRule):
     example_params: ClassVar[dict[str, Any]] = {"f": 2}
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"f": 1.5}, "f must"),)
     param_help: ClassVar[dict[str, str]] = {"f": _F_HELP + " Dropped per side and coordinate."}
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
-        _raise(self.kind, problems)
 
     def aggregate(self, updates, weights, generator, state):
         self._check(updates, weights)
@@ -341,11 +340,8 @@ class Krum(_ByzantineRule):
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"f": -2}, "f must"), ({"p": 0.5}, "p must"))
     param_help: ClassVar[dict[str, str]] = {"f": _F_HELP, "p": "The l_p distance (2: squared Euclidean, as in Krum)."}
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
+    def _param_problems(self, problems: list[str]) -> None:
         _check_p(self.p, problems)
-        _raise(self.kind, problems)
 
     def aggregate(self, updates, weights, generator, state):
         self._check(updates, weights)
@@ -377,11 +373,8 @@ class MultiKrum(_ByzantineRule):
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"m": -1}, "m must"),)
     param_help: ClassVar[dict[str, str]] = {"f": _F_HELP, "m": "How many updates to average (0: n - f)."}
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
+    def _param_problems(self, problems: list[str]) -> None:
         _count("m", self.m, problems)
-        _raise(self.kind, problems)
 
     def round_problems(self, n_clients: int) -> list[str]:
         problems = super().round_problems(n_clients)
@@ -433,13 +426,10 @@ class GeometricMedian(_ByzantineRule):
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (({"maxiter": 0}, "maxiter"), ({"nu": -1}, "nu"))
     param_help: ClassVar[dict[str, str]] = dict(_GM_HELP)
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
+    def _param_problems(self, problems: list[str]) -> None:
         _count("maxiter", self.maxiter, problems, low=1)
         _positive("nu", self.nu, problems)
         _positive("ftol", self.ftol, problems, allow_zero=True)
-        _raise(self.kind, problems)
 
     def aggregate(self, updates, weights, generator, state):
         self._check(updates, weights)
@@ -522,12 +512,9 @@ class Bulyan(_ByzantineRule):
         "aggregation": "How the selected updates are combined: " + ", ".join(BULYAN_AGGREGATIONS) + ".",
     }
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
+    def _param_problems(self, problems: list[str]) -> None:
         _choice("selection", self.selection, BULYAN_SELECTIONS, problems)
         _choice("aggregation", self.aggregation, BULYAN_AGGREGATIONS, problems)
-        _raise(self.kind, problems)
 
     def _combine(self, chosen: torch.Tensor) -> torch.Tensor:
         if self.aggregation == "closest-to-median":
@@ -583,12 +570,9 @@ class CenteredClipping(_ByzantineRule):
         "f": _F_HELP + " Only checked against n.", "tau": "The clipping radius around the current centre.",
         "iterations": "Clipping iterations per round (L)."}
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        _count("f", self.f, problems)
+    def _param_problems(self, problems: list[str]) -> None:
         _positive("tau", self.tau, problems)
         _count("iterations", self.iterations, problems, low=1)
-        _raise(self.kind, problems)
 
     def aggregate(self, updates, weights, generator, state):
         self._check(updates, weights)
