@@ -93,6 +93,31 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def has_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def conv_layout(model: nn.Module, on: bool) -> torch.memory_format:
+    """The memory format client training uses: channels-last for convolutional models (oneDNN's batch-20
+    convolutions run 10-25% faster in it on CPU, forward and backward), contiguous otherwise. Applied after
+    every `load_flat`, which leaves parameters contiguous. Only the layout changes, not the values."""
+    fmt = torch.channels_last if on else torch.contiguous_format
+    if on:
+        model.to(memory_format=fmt)
+    return fmt
+
+
+def _laid_out(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    return x.contiguous(memory_format=fmt) if x.ndim == 4 else x
+
+
+def sgd_step(params: list[torch.Tensor], grads: Sequence[torch.Tensor], lr: float) -> None:
+    """p <- p - lr * g for all parameters in one fused call (every engine uses this one step, so that they
+    agree bit for bit)."""
+    with torch.no_grad():
+        torch._foreach_add_(params, list(grads), alpha=-lr)
+
+
 def client_orders(n: int, epochs: int, generator: torch.Generator) -> torch.Tensor:
     """[epochs, n] permutations of range(n), one per epoch."""
     return torch.stack([torch.randperm(n, generator=generator) for _ in range(epochs)])
@@ -112,22 +137,22 @@ def sgd_local(
     `project` maps the current displacement w - start to an allowed one after every step (PGD).
     Works on a copy of `model` (the caller's model is left as it was); computes in `start`'s dtype."""
     model = copy.deepcopy(model).to(start.dtype)
+    conv = has_conv2d(model)
     load_flat(model, start)
+    fmt = conv_layout(model, conv)
     model.train()
-    params = list(model.parameters())
+    params = list(model.parameters())  # the same objects after load_flat, which replaces their data
     orders = client_orders(len(index), cfg.epochs, _generator(seed))
     steps = 0
     for e in range(cfg.epochs):
         for b in range(0, len(index), cfg.batch_size):
             idx = index[orders[e, b : b + cfg.batch_size]]
-            x, y = to_float(images[idx]).to(start), labels[idx].to(start.device)
+            x, y = _laid_out(to_float(images[idx]).to(start), fmt), labels[idx].to(start.device)
             loss = F.cross_entropy(model(x), y)
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=False):
-                    p.sub_(cfg.lr * g)
-                if project is not None:
-                    load_flat(model, start + project(flat_params(model) - start))
+            sgd_step(params, torch.autograd.grad(loss, params), cfg.lr)
+            if project is not None:
+                load_flat(model, start + project(flat_params(model) - start))
+                conv_layout(model, conv)
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 return flat_params(model) - start
@@ -219,9 +244,7 @@ class VectorisedEngine(Engine):
                 x = to_float(images[idx]).to(start)
                 y = labels[idx].to(device)
                 g = step_grad(params, x, y, mask[:, e, sl])
-                with torch.no_grad():
-                    for k in names:
-                        params[k].sub_(cfg.lr * g[k])
+                sgd_step([params[k] for k in names], [g[k] for k in names], cfg.lr)
                 done += 1
                 if max_steps is not None and done >= max_steps:
                     break
@@ -241,24 +264,27 @@ class LocalTrainer:
     """`sgd_local` without its per-client and per-step overheads, bit for bit the same arithmetic: one working
     copy of the model for all clients (its parameters loaded from `start`, its buffers reset from the
     original model before every client, as a fresh deep copy would have them), the client's images converted
-    to float once (the same element-wise conversion as per batch), and the SGD step as two foreach calls
-    (the same products lr * g and differences p - lr * g)."""
+    to float once (the same element-wise conversion as per batch), the same layout (`conv_layout`) and the
+    same fused step (`sgd_step`)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.work: nn.Module | None = None
         self.dtype: torch.dtype | None = None
+        self.conv = False
 
     def __call__(self, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                  seed: int, cfg: LocalTraining, max_steps: int | None = None) -> torch.Tensor:
         if self.work is None or self.dtype != start.dtype:
             self.work = copy.deepcopy(self.model).to(start.dtype)
             self.dtype = start.dtype
+            self.conv = has_conv2d(self.work)
         work = self.work
         with torch.no_grad():
             for b, b0 in zip(work.buffers(), self.model.buffers(), strict=True):
                 b.copy_(b0)
         load_flat(work, start)
+        fmt = conv_layout(work, self.conv)
         work.train()
         params = list(work.parameters())
         orders = client_orders(len(index), cfg.epochs, _generator(seed))
@@ -268,10 +294,8 @@ class LocalTrainer:
         for e in range(cfg.epochs):
             for b in range(0, len(index), cfg.batch_size):
                 pick = orders[e, b: b + cfg.batch_size]
-                loss = F.cross_entropy(work(xs[pick]), ys[pick])
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    torch._foreach_sub_(params, torch._foreach_mul(grads, cfg.lr))
+                loss = F.cross_entropy(work(_laid_out(xs[pick], fmt)), ys[pick])
+                sgd_step(params, torch.autograd.grad(loss, params), cfg.lr)
                 steps += 1
                 if max_steps is not None and steps >= max_steps:
                     return flat_params(work) - start
