@@ -69,3 +69,65 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def resolve_device(spec: str | None = "auto", *, supported: tuple[str, ...] = ("cpu", "cuda", "mps"),
+                   what: str = "this command") -> torch.device:
+    """`--device auto|cpu|cuda[:N]|mps` as a torch.device that exists on this machine, or a ConfigError.
+
+    `supported` lists the kinds of device the verb's computation can run on; `auto` is the first available
+    of cuda, mps, cpu among them, and an explicit device outside them is refused with the reason (rather than
+    silently running elsewhere)."""
+    from .errors import ConfigError
+
+    raw = "auto" if spec is None else str(spec).strip().lower()
+    kind, _, index = raw.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())) or \
+            (raw.endswith(":") and not index):
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (N a CUDA device number), got {spec!r}")
+    if kind == "auto":
+        for candidate in ("cuda", "mps", "cpu"):
+            if candidate in supported and (candidate == "cpu" or _available(candidate)):
+                return torch.device(candidate, 0) if candidate == "cuda" else torch.device(candidate)
+        raise ConfigError(f"{what} runs on {', '.join(supported)} only, and none is available here")
+    if kind not in supported:
+        raise ConfigError(f"{what} runs on {' or '.join(supported)} only so far (its training or detection code takes "
+                          f"no other device yet); got --device {spec}; use --device {supported[0]} or auto")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not _available(kind):
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise ConfigError(f"--device {spec}: no {kind.upper()} device is available here (torch {torch.__version__}, "
+                          f"{build if kind == 'cuda' else 'MPS needs Apple silicon'}); use --device cpu or auto")
+    if kind == "mps":
+        return torch.device("mps")
+    n = int(index or 0)
+    count = torch.cuda.device_count()
+    if n >= count:
+        raise ConfigError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", n)
+
+
+def _available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def describe_device(device: torch.device) -> dict[str, object]:
+    """What a run record says about its device: the device, its name, and whether results are bit-for-bit
+    reproducible there (CPU: yes at a fixed thread count; CUDA: only with deterministic algorithms, which
+    some operations lack, and with CUBLAS_WORKSPACE_CONFIG set; MPS: not guaranteed)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        deterministic = torch.are_deterministic_algorithms_enabled() and bool(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    elif device.type == "mps":
+        name, deterministic = "Apple MPS", False
+    else:
+        name, deterministic = platform.processor() or platform.machine(), True
+    return {"device": str(device), "device_name": name, "deterministic": deterministic,
+            "threads": torch.get_num_threads()}

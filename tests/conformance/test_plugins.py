@@ -91,7 +91,8 @@ def test_attack_contract(name):
     assert a.poisoned_mask.shape == a.dataset.labels.shape and a.dataset.images.dtype == ds.images.dtype
     rows = torch.nonzero(a.poisoned_mask).flatten()
     source_labels = ds.labels[a.source_index[rows]]
-    relabelled = atk.eligible(source_labels)  # cover samples (not eligible) keep their label
+    # cover samples (not eligible) keep their label; a clean-label attack's rows are target-class, relabelled as such
+    relabelled = (source_labels == atk.target) if cls.clean_label else atk.eligible(source_labels)
     assert len(rows) >= round(atk.poison_rate * len(ds)) and int(relabelled.sum()) == round(atk.poison_rate * len(ds))
     assert torch.equal(a.dataset.labels[rows][relabelled], atk.target_labels(source_labels[relabelled]))
     assert torch.equal(a.dataset.labels[rows][~relabelled], source_labels[~relabelled])

@@ -136,7 +136,7 @@ def test_bad_specs(tmp_path):
 
 
 def test_registry():
-    assert ATTACKS.names() == ["badnets", "blended"]
+    assert {"badnets", "blended"} <= set(ATTACKS.names())  # stealthy.py registers more
     assert ATTACKS.get("badnets") is BadNets and ATTACKS.get("blended") is Blended
     assert all(ATTACKS.get(n).name == n for n in ATTACKS.names())
 

@@ -344,6 +344,8 @@ def test_files_that_are_not_spec_files(tmp_path):
 def _trigger_choices(name: str) -> list[tuple[str | None, dict[str, Any]]]:
     if name == "blended":
         return [("noise", {"alpha": 0.4, "seed": 5}), (f"image:{EXAMPLE_IMAGE}", {"alpha": 1.0})]
+    if name in ("wanet", "trojannn"):  # a warp only; an optimised patch (its region from a patch kind)
+        return [("warp", {"strength": 2.0})] if name == "wanet" else [("square", {"size": 3}), ("pattern", {})]
     return [(kind, TRIGGERS.get(kind).example_params) for kind in TRIGGERS.names()]
 
 

@@ -26,6 +26,7 @@ from ..modelfile import load_model
 from ..registries import detector_kind
 from ..report import plot_reversed_triggers, plot_score_histograms
 from ..safeio import atomic_write_text, output_folder
+from ..verdict import Calibration
 from .outputs import check_folder_output
 from .results import DetectionResult, ScanResult
 from .training import check_model_fits, defender_clean_set, spec_for_model
@@ -85,7 +86,7 @@ def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | Non
         if out is not None and {"masks", "patterns"} <= set(v.artefacts):
             figure = plot_reversed_triggers(out / "reversed_triggers.png", v.artefacts["masks"],
                                             v.artefacts["patterns"], torch.tensor(v.details["norms"]),
-                                            list(m.class_names), v.details.get("smallest_norm_label"))
+                                            list(m.class_names), v.details.get("smallest_norm_label", v.suspected_target))
         if atk is not None:
             values["true_target"] = atk.target
     elif kind == "input":
@@ -170,26 +171,92 @@ def _run_data_filter(filt: Any, model: torch.nn.Module, train: Dataset, atk: Any
 
 
 def scan(model_path: str | Path, out: str | Path, *, params: dict[str, dict[str, Any]] | None = None,
-         clean_fraction: float = 0.05, seed: int = 0, data_root: str | Path | None = None,
-         progress: bool = True, overwrite: bool = False) -> ScanResult:
-    """Every model-level detector on one model; one report (scan.json + PNGs) in `out`.
-    `params` maps a detector name to its parameters."""
+         detectors: list[str] | None = None, time_budget_s: float | None = None,
+         calibration: str | Path | None = None, clean_fraction: float = 0.05, seed: int = 0,
+         data_root: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> ScanResult:
+    """Every model-level detector (or those named in `detectors`) on one model; one report (scan.json + PNGs)
+    in `out`. `params` maps a detector name to its parameters. A detector that fails (an error, or over
+    `time_budget_s` seconds: a timer stops it) is reported with
+    its one-line reason and the rest go on. With `calibration` (a file from `scan_calibrate`), the detectors'
+    scores are combined into one calibrated probability (`verdict.Calibration`)."""
     params = params or {}
-    unknown = sorted(set(params) - set(MODEL_DETECTORS.names()))
+    known = MODEL_DETECTORS.names()
+    names = list(known) if detectors is None else list(dict.fromkeys(detectors))
+    unknown = sorted((set(params) | set(names)) - set(known))
     if unknown:
-        raise ConfigError(f"scan: parameters for unknown model detectors {unknown}; known: "
-                          f"{', '.join(MODEL_DETECTORS.names())}")
+        raise ConfigError(f"scan: unknown model detectors {unknown}; known: {', '.join(known)}")
+    if not names:
+        raise ConfigError("scan: no detectors to run; name at least one or leave the list out for all")
     bad = {k: v for k, v in params.items() if not isinstance(v, dict)}
     if bad:
         raise ConfigError(f"scan: the parameters of each detector must be a table of key=value, got {bad}")
+    if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
+        raise ConfigError(f"scan: the time budget must be a positive number of seconds, got {time_budget_s!r}")
+    for name in names:  # bad parameters are the caller's mistake: raise before any detector runs
+        _create("model", name, dict(params.get(name) or {}), False)
+    calib = Calibration.load(calibration) if calibration is not None else None
     out = check_folder_output(out, inputs=[model_path], overwrite=overwrite)
     with output_folder(out):
-        results = {name: _detect(name, model_path, None, params.get(name), clean_fraction, seed, None, 1000, 0, out,
-                                 data_root, progress) for name in MODEL_DETECTORS.names()}
-        result = ScanResult(str(model_path), results, out / "scan.json")
+        load_model(model_path)  # a bad model file is the caller's mistake, not a detector failure
+        results: dict[str, DetectionResult] = {}
+        failures: dict[str, dict[str, Any]] = {}
+        for name in names:
+            started = time.perf_counter()
+            run = (name, model_path, None, params.get(name), clean_fraction, seed, None, 1000, 0, out, data_root,
+                   progress)
+            try:
+                if time_budget_s is None:
+                    results[name] = _detect(*run)
+                else:
+                    results[name] = _detect_within(run, float(time_budget_s))
+            except _OverBudget as exc:
+                failures[name] = {"status": "over budget", "error": str(exc),
+                                  "wall_time_s": round(time.perf_counter() - started, 3)}
+            except Exception as exc:  # noqa: BLE001 - one detector's failure must not lose the others' results
+                failures[name] = {"status": "error", "error": one_line_error(exc),
+                                  "wall_time_s": round(time.perf_counter() - started, 3)}
+        verdict = None
+        if calib is not None:
+            scores = {n: r.values.get("score") for n, r in results.items()}
+            scores.update({n: None for n in failures})
+            verdict = calib.verdict(scores)
+        result = ScanResult(str(model_path), results, out / "scan.json", failures, verdict)
         report = result.to_dict()
         report.pop("report")
         atomic_write_text(result.report, json.dumps(report, indent=1, sort_keys=True))
     return result
 
 
+class _OverBudget(BaseException):
+    """Raised by the budget timer; a BaseException so that a detector's own `except Exception` cannot swallow it."""
+
+
+def one_line_error(exc: BaseException) -> str:
+    """`Type: first line of the message`: what a report shows of a failure."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _detect_within(run: tuple, budget_s: float) -> DetectionResult:
+    """`_detect(*run)` stopped after `budget_s` seconds by a timer signal that raises in this thread.
+
+    Not a forked child: a fork after torch has used its thread pool can deadlock in the child (seen in
+    `load_state_dict`). The signal interrupts Python code between bytecodes, so a detector is stopped within
+    one tensor operation of its budget; it works on its own copy of the model, which is dropped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigError("scan: a time budget needs the main thread (it uses a timer signal); call scan from the "
+                          "main thread or leave the budget out")
+
+    def over(signum: int, frame: Any) -> None:
+        raise _OverBudget(f"stopped after its time budget of {budget_s:g} s")
+
+    previous = signal.signal(signal.SIGALRM, over)
+    signal.setitimer(signal.ITIMER_REAL, budget_s)
+    try:
+        return _detect(*run)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

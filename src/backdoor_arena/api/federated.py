@@ -1,16 +1,21 @@
 """Verbs of the federated simulator: `fl_validate` (check a scenario file), `fl_run` (run it, and each of its
 variants, into a folder: records.jsonl per run, plots, summary) and `fl_matrix` (every attack against every
-aggregator: records, heatmap, worst cases)."""
+aggregator: records, heatmap, worst cases); `fl_run_seeds` runs a scenario over several seeds through a sweep
+executor (local, processes, Ray)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ..errors import ConfigError
 from ..federated import config as fl_config
 from ..federated import matrix as fl_matrix_module
 from ..federated import simulation
 from ..federated.pipeline import FederationCache, check_scenario_data
+from ..records import json_safe
 from ..safeio import output_folder
+from ..sweep import Executor, Job, JobContext, run_sweep, sweep_job
 from .outputs import check_folder_output
 
 
@@ -44,3 +49,46 @@ def fl_matrix(scenario: str | Path, out: str | Path, overrides: list[str] | None
             (out / "matrix.jsonl").unlink()
     with output_folder(out):
         return fl_matrix_module.run_matrix(matrix, out, progress=progress, data_root=data_root)
+
+
+@sweep_job("fl-seed")
+def run_seed(ctx: JobContext) -> dict[str, Any]:
+    """Sweep job: the scenario (and each of its variants) with one seed, into its own folder."""
+    sc = fl_config.load_scenario(Path(ctx.paths["scenario"]), [*ctx.config["overrides"], f"seed={ctx.seed}"])
+    if json_safe({"scenario": sc.to_dict(), "variants": sc.variants}) != {
+            "scenario": ctx.config["scenario"], "variants": ctx.config["variants"]}:
+        raise ConfigError(f"the scenario file {ctx.paths['scenario']} changed since the run started; run it again")
+    results = simulation.run_scenario(sc, Path(ctx.paths["out"]), progress=False, data_root=ctx.paths.get("data_root"))
+    summaries = {}
+    for label, r in results.items():
+        summary = dict(r.summary)
+        for key in ("wall_s", "engine_timing"):  # timings go to the record's run field, out of the comparison
+            ctx.run[f"{label or 'run'}_{key}"] = summary.pop(key, None)
+        summaries[label or "run"] = summary
+    return {"summaries": summaries}
+
+
+def fl_run_seeds(scenario: str | Path, out: str | Path, seeds: list[int], overrides: list[str] | None = None, *,
+                 executor: Executor | None = None, progress: bool = True, data_root: str | Path | None = None,
+                 overwrite: bool = False) -> dict[int, dict[str, dict[str, Any]]]:
+    """Run a scenario file once per seed (`seed=N` overriding the file's), one sweep job per seed through
+    `executor`, into OUT/seed-N/ (what `fl_run` writes for one run); OUT/sweep/ holds one record per seed, so
+    the command run again skips the seeds already done. Returns {seed: {variant label or "run": summary}}."""
+    overrides = list(overrides or [])
+    if not seeds or len(set(seeds)) != len(seeds) or any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must be distinct non-negative integers, e.g. 0,1,2; got {seeds!r}")
+    scenarios = {s: fl_config.load_scenario(Path(scenario), [*overrides, f"seed={s}"]) for s in seeds}
+    out = Path(out)
+    out = check_folder_output(out, inputs=[scenario], overwrite=overwrite, resumable=(out / "sweep" / "records").is_dir())
+    cache = FederationCache()
+    for sc in scenarios.values():  # every seed's counts against the data, before any training
+        check_scenario_data(sc, data_root, cache)
+    paths = {"scenario": str(Path(scenario).resolve())} | ({"data_root": str(Path(data_root).resolve())}
+                                                            if data_root else {})
+    jobs = [Job("fl-seed", {"scenario": sc.to_dict(), "variants": sc.variants, "overrides": overrides}, seed=s,
+                label=f"seed-{s}", paths={**paths, "out": str((out / f"seed-{s}").resolve())})
+            for s, sc in scenarios.items()]
+    result = run_sweep(jobs, out / "sweep", executor, progress=progress, desc="fl seeds")
+    result.raise_for_failures()
+    records = result.by_id()
+    return {job.seed: records[job.id]["summaries"] for job in jobs}  # type: ignore[misc]

@@ -156,19 +156,30 @@ class DetectionResult(_Readable):
 
 @dataclass(frozen=True)
 class ScanResult(_Readable):
-    """`scan`: every model-level detector on one model; `flagged` if any flags it."""
+    """`scan`: model-level detectors on one model. `failures` maps a detector that produced nothing to its
+    status ("error", "over budget"), one-line error and wall time. With a calibration, `verdict` is the
+    combined calibrated probability and decides `flagged`; without, `flagged` if any detector flags it."""
 
     model: str
     detectors: dict[str, DetectionResult]
     report: Path
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdict: Any = None  # verdict.Verdict
 
     @property
     def flagged(self) -> bool:
+        if self.verdict is not None and self.verdict.flagged is not None:
+            return bool(self.verdict.flagged)
         return any(bool(d.values.get("flagged")) for d in self.detectors.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "flagged": self.flagged, "report": str(self.report),
-                "detectors": {k: v.to_dict() for k, v in self.detectors.items()}}
+        out = {"model": self.model, "flagged": self.flagged, "report": str(self.report),
+               "detectors": {k: v.to_dict() for k, v in self.detectors.items()}, "failures": self.failures,
+               "wall_time_s": {**{k: v.wall_time_s for k, v in self.detectors.items()},
+                               **{k: v["wall_time_s"] for k, v in self.failures.items()}}}
+        if self.verdict is not None:
+            out["verdict"] = self.verdict.to_dict()
+        return json_safe(out)
 
     def records(self) -> list[Record]:
         return [r for d in self.detectors.values() for r in d.records()]

@@ -6,7 +6,11 @@ Layout of a zoo folder (the attack specs live apart from the model files, as a d
     DIR/specs/model-NN.attack.json    the attack spec of each backdoored model (evaluator only)
     DIR/specs/truth.jsonl             one record per model: its plan entry (family, optimiser, epochs,
                                       attack parameters), clean accuracy, ASR, training time
-    DIR/zoo.json                      how the zoo was built (config, seed, versions, wall time)
+    DIR/specs/sweep/                  the build's sweep: one record and one log per model (backdoor_arena.sweep)
+    DIR/zoo.json                      how the zoo was built (config, seed, versions, device, executor, wall time)
+
+Every model is one sweep job (`zoo-model`), every detector run on a model another (`zoo-detect`): both verbs
+run through an executor (local, a process pool, Ray) and resume a killed run from the jobs' records.
 
 The plan (`zoo_plan`) varies what a detector should not care about: optimiser (SGD lr 0.05 or Adam lr 1e-3,
 balanced), epochs (uniform in [epochs, max_epochs]), seed and training subset (each model its own seeded
@@ -34,19 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..attacks import make_attack
 from ..data import dataset_info, load_dataset
 from ..defenses import MODEL_DETECTORS, clean_holdout
 from ..detection_metrics import auroc, auroc_bootstrap_ci, tpr_at_fpr, wilson_interval
 from ..errors import ConfigError, ModelFileError
-from ..modelfile import load_model
+from ..modelfile import load_model, read_manifest
 from ..records import json_safe, write_jsonl
 from ..report import markdown_table, plot_roc
-from ..runtime import versions
+from ..runtime import describe_device, resolve_device, versions
 from ..safeio import atomic_write_text, check_regular_file, output_folder, read_text, shown
 from ..schemas import NAMED_POSITIONS, TruthRecord, loads_json, validate
+from ..sweep import Executor, Job, JobContext, run_sweep, sweep_job
 from ..train import OPTIMIZERS, TrainConfig
 from .outputs import check_folder_output
 from .training import train_model
@@ -197,22 +201,79 @@ def _make_attack(entry: dict[str, Any], info: Any) -> Any:
                        cover_rate=entry["cover_rate"], seed=entry["seed"])
 
 
+# The per-process caches of the data a zoo job needs: a pool or Ray worker runs many jobs, and reloading
+# MNIST for each would cost more than training a small model.
+_ZOO_DATA: dict[tuple[Any, ...], Any] = {}
+
+
+def _zoo_data(dataset: str, clean_fraction: float, seed: int, data_root: str | None) -> tuple[Any, Any]:
+    """(training split without the defenders' hold-out, test split), cached per process."""
+    key = ("build", dataset, clean_fraction, seed, data_root)
+    if key not in _ZOO_DATA:
+        train_full = load_dataset(dataset, "train", data_root)
+        rest, _held = clean_holdout(train_full, clean_fraction, seed)  # the defenders' data stays out
+        _ZOO_DATA[key] = (rest, load_dataset(dataset, "test", data_root))
+    return _ZOO_DATA[key]
+
+
+def _defender_holdout(dataset: str, clean_fraction: float, seed: int, data_root: str | None) -> Any:
+    key = ("holdout", dataset, clean_fraction, seed, data_root)
+    if key not in _ZOO_DATA:
+        _ZOO_DATA[key] = clean_holdout(load_dataset(dataset, "train", data_root), clean_fraction, seed)[1]
+    return _ZOO_DATA[key]
+
+
+@sweep_job("zoo-model")
+def train_zoo_model(ctx: JobContext) -> dict[str, Any]:
+    """Sweep job: train one model of a zoo plan into ZOO/models/, its attack spec into ZOO/specs/."""
+    cfg, entry = ctx.config["zoo"], ctx.config["entry"]
+    out = Path(ctx.paths["zoo"])
+    rest, test = _zoo_data(cfg["dataset"], cfg["clean_fraction"], cfg["seed"], ctx.paths.get("data_root"))
+    train_config = TrainConfig(epochs=entry["epochs"], optimizer=entry["optimizer"], lr=entry["lr"],
+                               seed=entry["seed"], progress=False)
+    train_set = rest
+    if cfg["train_size"] is not None and cfg["train_size"] < len(rest):  # each model its own subset
+        order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(entry["subset_seed"]))
+        train_set = rest.subset(order[: cfg["train_size"]].sort().values)
+    atk = None
+    if entry["backdoored"]:
+        atk = _make_attack(entry, dataset_info(cfg["dataset"]))
+        train_set = atk.poison(train_set, torch.Generator().manual_seed(entry["seed"])).dataset
+    ctx.log(f"training {entry['name']} on {len(train_set)} images for {entry['epochs']} epoch(s), {entry['optimizer']}")
+    r = train_model(cfg["architecture"], train_set, test, train_config, out / "models" / f"{entry['name']}.safetensors",
+                    atk, entry["name"])
+    if r.spec_path is not None:
+        shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
+    ctx.run.update(train_time_s=r.manifest.training["wall_time_s"], **describe_device(torch.device(ctx.config["device"])))
+    ctx.log(f"clean accuracy {r.metrics['clean_accuracy']:.4f}, ASR {r.metrics.get('attack_success_rate')}")
+    return {"model": entry["name"], "clean_accuracy": r.metrics["clean_accuracy"],
+            "attack_success_rate": r.metrics.get("attack_success_rate"), "model_sha256": r.manifest.tensors_sha256}
+
+
 def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: str | Path | None = None,
-              progress: bool = True) -> list[dict[str, Any]]:
-    """Train every model of the plan into `out`. A zoo folder resumes: models with a truth record are kept.
-    An existing folder must be empty or a zoo (specs/truth.jsonl), so a typo cannot fill another folder."""
+              progress: bool = True, executor: Executor | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """Train every model of the plan into `out`, one sweep job per model through `executor` (default: one at a
+    time in this process; `Executor("processes", jobs=N)` or `Executor("ray", ...)` in parallel). A zoo folder
+    resumes: models with a truth record or a complete sweep record (OUT/specs/sweep/) are kept, so a killed
+    build continues where it stopped. An existing folder must be empty or a zoo (specs/truth.jsonl or
+    specs/sweep/), so a typo cannot fill another folder. `device`: auto | cpu (the training loop runs on
+    the CPU so far)."""
     out = check_folder_output(out, resumable=True)
-    if out.is_dir() and any(out.iterdir()) and not (out / "specs" / "truth.jsonl").is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / "specs" / "truth.jsonl").is_file() and \
+            not (out / "specs" / "sweep" / "records").is_dir():
         raise ConfigError(f"--out {shown(out)} holds files but is not a zoo folder (no specs/truth.jsonl); choose an "
                           "empty or new folder, or an existing zoo to resume")
-    with output_folder(out):
-        return _build(out, config, data_root, progress)
+    dev = resolve_device(device, supported=("cpu",), what="zoo build")
+    with output_folder(out):  # a build that fails before any model is trained leaves nothing behind
+        jobs, done = _prepare_build(out, config, data_root, str(dev))
+    # from here the folder holds resumable work: kept when a job fails or the build is interrupted
+    return _build(out, config, jobs, done, executor, progress, str(dev))
 
 
-def _build(out: Path, config: ZooConfig, data_root: str | Path | None, progress: bool) -> list[dict[str, Any]]:
+def _prepare_build(out: Path, config: ZooConfig, data_root: str | Path | None,
+                   device: str) -> tuple[list[Job], dict[str, dict[str, Any]]]:
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "specs").mkdir(parents=True, exist_ok=True)
-    info = dataset_info(config.dataset)
     plan = zoo_plan(config)
     truth_path = out / "specs" / "truth.jsonl"
     done = {r["name"]: r for r in read_truth(out)} if truth_path.exists() else {}
@@ -224,47 +285,46 @@ def _build(out: Path, config: ZooConfig, data_root: str | Path | None, progress:
                 raise ConfigError(f"the zoo in {shown(out)} was built with other settings ({entry['name']}: "
                                   f"{', '.join(differ)} differ); resume it with the settings it was built with, or "
                                   "choose a new folder")
-
-    def built(entry: dict[str, Any]) -> bool:
-        return entry["name"] in done and (out / "models" / f"{entry['name']}.safetensors").exists()
-
-    if not all(built(e) for e in plan):  # a finished zoo resumes without loading any data
-        train_full = load_dataset(config.dataset, "train", data_root)
-        test = load_dataset(config.dataset, "test", data_root)
-        rest, _held = clean_holdout(train_full, config.clean_fraction, config.seed)  # the defenders' data stays out
-    records = []
-    trained = 0
-    started = time.perf_counter()
-    for entry in tqdm(plan, desc="zoo", unit="model", disable=not progress):
-        model_path = out / "models" / f"{entry['name']}.safetensors"
-        if built(entry):
-            records.append(done[entry["name"]])
+    zoo = {"dataset": config.dataset, "architecture": config.architecture, "train_size": config.train_size,
+           "clean_fraction": config.clean_fraction, "seed": config.seed}
+    paths = {"zoo": str(out.resolve())} | ({"data_root": str(Path(data_root).resolve())} if data_root else {})
+    jobs = []
+    for entry in plan:
+        model = out / "models" / f"{entry['name']}.safetensors"
+        if entry["name"] in done and model.exists():
             continue
-        train_config = TrainConfig(epochs=entry["epochs"], optimizer=entry["optimizer"], lr=entry["lr"],
-                                   seed=entry["seed"], progress=progress)
-        train_set = rest
-        if config.train_size is not None and config.train_size < len(rest):  # each model its own subset
-            order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(entry["subset_seed"]))
-            train_set = rest.subset(order[: config.train_size].sort().values)
-        atk = None
-        if entry["backdoored"]:
-            atk = _make_attack(entry, info)
-            train_set = atk.poison(train_set, torch.Generator().manual_seed(entry["seed"])).dataset
-        r = train_model(config.architecture, train_set, test, train_config, model_path, atk, entry["name"])
-        if r.spec_path is not None:
-            shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
-        record = {**json_safe(entry), "clean_accuracy": r.metrics["clean_accuracy"],
-                  "attack_success_rate": r.metrics.get("attack_success_rate"),
-                  "train_time_s": r.manifest.training["wall_time_s"]}
-        records.append(record)
-        trained += 1
-        done[entry["name"]] = record
-        write_jsonl(truth_path, sorted(done.values(), key=lambda x: x["name"]))
-    if not trained and (out / "zoo.json").is_file():
+        job = Job("zoo-model", {"zoo": zoo, "entry": entry, "device": device}, seed=entry["seed"],
+                  label=entry["name"], paths=paths)
+        if not model.exists():  # a record whose model file is gone is not a finished job
+            (out / "specs" / "sweep" / "records" / f"{job.id}.json").unlink(missing_ok=True)
+        jobs.append(job)
+    if jobs:  # the data is there (one error now rather than one per job); in-process jobs reuse it
+        _zoo_data(config.dataset, config.clean_fraction, config.seed, paths.get("data_root"))
+    return jobs, done
+
+
+def _build(out: Path, config: ZooConfig, jobs: list[Job], done: dict[str, dict[str, Any]], executor: Executor | None,
+           progress: bool, device: str) -> list[dict[str, Any]]:
+    plan = zoo_plan(config)
+    started = time.perf_counter()
+    result = run_sweep(jobs, out / "specs" / "sweep", executor, progress=progress, desc="zoo") if jobs else None
+    if result is not None:
+        finished = result.by_id()
+        for job in jobs:
+            if job.id not in finished:
+                continue
+            rec = finished[job.id]
+            done[job.label] = {**job.config["entry"], "clean_accuracy": rec["clean_accuracy"],
+                               "attack_success_rate": rec["attack_success_rate"],
+                               "train_time_s": rec["run"].get("train_time_s")}
+        write_jsonl(out / "specs" / "truth.jsonl", sorted(done.values(), key=lambda x: x["name"]))
+        result.raise_for_failures()
+    records = [done[e["name"]] for e in plan]
+    if result is None and (out / "zoo.json").is_file():
         return records  # nothing was trained: zoo.json keeps the wall time of the run that built the zoo
     atomic_write_text(out / "zoo.json", json.dumps(json_safe({
-        "config": config.to_dict(), "models": len(plan), "versions": versions(),
-        "wall_time_s": round(time.perf_counter() - started, 3),
+        "config": config.to_dict(), "models": len(plan), "versions": versions(), "device": device,
+        "executor": (executor or Executor()).describe(), "wall_time_s": round(time.perf_counter() - started, 3),
     }), indent=1, allow_nan=False))
     return records
 
@@ -296,13 +356,33 @@ def read_truth(zoo_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+@sweep_job("zoo-detect")
+def detect_zoo_model(ctx: JobContext) -> dict[str, Any]:
+    """Sweep job: run a model detector on one zoo model (it sees the model and the defenders' hold-out only)."""
+    cfg = ctx.config
+    loaded = load_model(Path(ctx.paths["zoo"]) / "models" / f"{cfg['model']}.safetensors")
+    if loaded.manifest.tensors_sha256 != cfg["model_sha256"]:
+        raise ModelFileError(f"zoo model {cfg['model']} changed since the evaluation started; run it again")
+    held = _defender_holdout(loaded.manifest.dataset, cfg["clean_fraction"], cfg["seed"], ctx.paths.get("data_root"))
+    det = MODEL_DETECTORS.create(cfg["detector"], **cfg["params"])
+    started = time.perf_counter()
+    verdict = det.inspect(loaded.model, held)
+    ctx.run.update(detect_time_s=round(time.perf_counter() - started, 3),
+                   **describe_device(torch.device(cfg["device"])))
+    return {"model": cfg["model"], "score": float(verdict.score), "flagged": bool(verdict.flagged),
+            "threshold": float(verdict.threshold), "suspected_target": verdict.suspected_target}
+
+
 def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, params: dict[str, Any] | None = None,
                  clean_fraction: float = 0.05, seed: int = 0, fpr: float = 0.05, data_root: str | Path | None = None,
                  progress: bool = True, out: str | Path | None = None, overwrite: bool = False,
-                 n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+                 n_boot: int = 2000, level: float = 0.95, executor: Executor | None = None,
+                 device: str = "auto") -> dict[str, Any]:
     """Run a model detector on every zoo model; AUROC on its continuous scores (with a seeded bootstrap
     interval), TPR at `fpr`, verdict rates with Wilson intervals, per family and per optimiser, target
-    accuracy. `seed` seeds the defender's hold-out and the bootstrap.
+    accuracy. `seed` seeds the defender's hold-out and the bootstrap. One sweep job per model through
+    `executor`; an evaluation folder that holds a sweep (OUT/sweep/) resumes, keeping the models already
+    scored with the same detector, parameters and model file. `device`: auto | cpu (detectors run on the CPU).
 
     Writes DIR/eval-<detector>/{scores.jsonl, summary.json, roc.png, scores.md} (or into `out`).
     """
@@ -314,40 +394,48 @@ def evaluate_zoo(zoo_dir: str | Path, detector: str = "neural-cleanse", *, param
         raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
-    det = MODEL_DETECTORS.create(detector, **(params or {}))
-    out = check_folder_output(out if out is not None else zoo_dir / f"eval-{detector}", overwrite=overwrite)
+    MODEL_DETECTORS.create(detector, **(params or {}))  # bad parameters fail here, before any job starts
+    dev = resolve_device(device, supported=("cpu",), what="zoo evaluate")
+    out = Path(out if out is not None else zoo_dir / f"eval-{detector}")
+    out = check_folder_output(out, overwrite=overwrite, resumable=(out / "sweep" / "records").is_dir())
+    manifests = {}
     for rec in truth:  # every model file exists before any detector time is spent
-        check_regular_file(zoo_dir / "models" / f"{rec['name']}.safetensors", "zoo model file", ModelFileError)
-    with output_folder(out):
-        return _evaluate(zoo_dir, truth, det, detector, params, clean_fraction, seed, fpr, data_root, progress, out,
-                         n_boot, level)
+        path = check_regular_file(zoo_dir / "models" / f"{rec['name']}.safetensors", "zoo model file", ModelFileError)
+        manifests[rec["name"]] = read_manifest(path)
+    paths = {"zoo": str(zoo_dir.resolve())} | ({"data_root": str(Path(data_root).resolve())} if data_root else {})
+    jobs = [Job("zoo-detect", {"detector": detector, "params": params or {}, "clean_fraction": clean_fraction,
+                               "seed": seed, "model": rec["name"],
+                               "model_sha256": manifests[rec["name"]].tensors_sha256,
+                               "device": str(dev)}, seed=seed, label=rec["name"], paths=paths) for rec in truth]
+    with output_folder(out):  # the defenders' data is there: one error now rather than one per job
+        for dataset in sorted({m.dataset for m in manifests.values()}):
+            _defender_holdout(dataset, clean_fraction, seed, paths.get("data_root"))
+    result = run_sweep(jobs, out / "sweep", executor, progress=progress, desc=f"zoo {detector}")
+    result.raise_for_failures()
+    return _evaluate(zoo_dir, truth, jobs, result.by_id(), detector, params, clean_fraction, seed, fpr, out, n_boot,
+                     level, str(dev), executor)
 
 
-def _evaluate(zoo_dir: Path, truth: list[dict[str, Any]], det: Any, detector: str, params: dict[str, Any] | None,
-              clean_fraction: float, seed: int, fpr: float, data_root: Any, progress: bool,
-              out: Path, n_boot: int, level: float) -> dict[str, Any]:
+def _evaluate(zoo_dir: Path, truth: list[dict[str, Any]], jobs: list[Job], records: dict[str, dict[str, Any]],
+              detector: str, params: dict[str, Any] | None, clean_fraction: float, seed: int, fpr: float, out: Path,
+              n_boot: int, level: float, device: str, executor: Executor | None) -> dict[str, Any]:
     rows = []
-    held_cache: dict[str, Any] = {}
-    for rec in tqdm(truth, desc=f"zoo {detector}", unit="model", disable=not progress):
-        loaded = load_model(zoo_dir / "models" / f"{rec['name']}.safetensors")
-        ds = loaded.manifest.dataset
-        if ds not in held_cache:
-            held_cache[ds] = clean_holdout(load_dataset(ds, "train", data_root), clean_fraction, seed)[1]
-        started = time.perf_counter()
-        verdict = det.inspect(loaded.model, held_cache[ds])
+    for rec, job in zip(truth, jobs, strict=True):
+        r = records[job.id]
         rows.append({
             "name": rec["name"], "backdoored": bool(rec["backdoored"]), "family": family_of(rec),
             "optimizer": rec.get("optimizer"), "epochs": rec.get("epochs"), "mode": rec.get("mode"),
             "target": rec.get("target"), "trigger": rec.get("trigger"), "size": rec.get("size"),
             "position": rec.get("position"), "clean_accuracy": rec.get("clean_accuracy"),
             "attack_success_rate": rec.get("attack_success_rate"),
-            "score": float(verdict.score), "flagged": bool(verdict.flagged), "threshold": float(verdict.threshold),
-            "suspected_target": verdict.suspected_target, "detect_time_s": round(time.perf_counter() - started, 3),
+            "score": r["score"], "flagged": r["flagged"], "threshold": r["threshold"],
+            "suspected_target": r["suspected_target"], "detect_time_s": r["run"].get("detect_time_s"),
         })
-        write_jsonl(out / "scores.jsonl", rows)
+    write_jsonl(out / "scores.jsonl", rows)
     summary = summarize(rows, fpr, n_boot=n_boot, seed=seed, level=level)
     summary.update({"detector": detector, "params": params or {}, "clean_fraction": clean_fraction, "seed": seed,
-                    "zoo": str(zoo_dir), "versions": versions()})
+                    "zoo": str(zoo_dir), "versions": versions(), "device": device,
+                    "executor": (executor or Executor()).describe()})
     summary = json_safe(summary)  # AUROC is undefined (null) without both classes; never a bare NaN
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True, allow_nan=False))
     shown_auroc = "undefined" if summary["auroc"] is None else f"{summary['auroc']:.3f}"

@@ -8,6 +8,7 @@ Every attack writes a JSON attack spec that the evaluator sees and defenders nev
 with the pydantic schemas each class declares (`spec_schema`; schemas.py): one error line per bad spec.
 """
 
+from . import stealthy  # noqa: F401 - registers wanet, sig, label-consistent, invisible, trojannn
 from .model_attack import ModelAttack, TrainFn
 from .poisoning import (
     ATTACKS,

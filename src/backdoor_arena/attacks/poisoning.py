@@ -98,6 +98,8 @@ class PoisoningAttack:
     name: ClassVar[str] = ""  # the registered name; the spec's "attack" field
     default_trigger: ClassVar[str] = "pattern"
     spec_schema: ClassVar[type[Strict]] = PoisoningSpec  # what `from_spec` accepts
+    threat_model: ClassVar[str] = ""  # what the attacker controls and knows (the attack catalogue's column)
+    clean_label: ClassVar[bool] = False  # True: poisons target-class samples and relabels none
     example_params: ClassVar[dict[str, Any]] = {"target": 1, "poison_rate": 0.2, "seed": 2}
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
         ({"poison_rate": -1}, "poison_rate"), ({"poison_rate": 1.5}, "poison_rate"), ({"target": 99}, "target"),
@@ -270,6 +272,8 @@ class BadNets(PoisoningAttack):
     poisoned samples, which are relabelled."""
 
     name: ClassVar[str] = "badnets"
+    threat_model: ClassVar[str] = ("Data poisoning: controls a fraction of the training set (images and labels); "
+                                    "knows nothing of the model or the training.")
     default_trigger: ClassVar[str] = "pattern"
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
         *PoisoningAttack.bad_params, ({"trigger": "squar"}, "square"))
@@ -287,6 +291,8 @@ class Blended(PoisoningAttack):
     or an image) at weight alpha. A blended attack always blends: `trigger` picks what is blended in."""
 
     name: ClassVar[str] = "blended"
+    threat_model: ClassVar[str] = ("Data poisoning: controls a fraction of the training set (images and labels); "
+                                    "knows nothing of the model or the training.")
     default_trigger: ClassVar[str] = "blend"
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
         *PoisoningAttack.bad_params, ({"trigger": "square"}, "noise"),

@@ -1,6 +1,6 @@
 """`detect <detector>` (one sub-command per registered detector of every kind, options generated from its
-constructor), `scan` and `zoo`: thin layers over `api.detect()`, `api.scan()`, `api.build_zoo()` and
-`api.evaluate_zoo()`."""
+constructor), `scan`, `scan-calibrate` and `scan-zoo`: thin layers over `api.detect()`, `api.scan()`,
+`api.scan_calibrate()` and `api.scan_zoo()` (`zoo build|evaluate` are in commands/zoo.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,24 @@ Spec = Annotated[Path | None, typer.Option(help="Attack spec, for the evaluation
 CleanFraction = Annotated[float, typer.Option(help="Defender's clean hold-out: this fraction of the training split.")]
 Seed = Annotated[int, typer.Option(help="Seed of the hold-out and of the detector.")]
 OutDir = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the JSON result and PNGs.")]
+ScanParam = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="DETECTOR.key=value (repeatable), e.g. -p neural-cleanse.steps=200.")]
+Detectors = Annotated[list[str] | None, typer.Option("--detector", "-d", help="Run only this model detector "
+                                                     "(repeatable; default: all).")]
+TimeBudget = Annotated[float | None, typer.Option("--time-budget", help="Seconds per detector and model; a "
+                                                  "detector over it is stopped and reported, the rest go on.")]
+CalibrationFile = Annotated[Path | None, typer.Option("--calibration", help="Calibration file from "
+                                                      "`scan-calibrate`: combine the scores into one probability.")]
+
+
+def _scan_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    per: dict[str, dict[str, Any]] = {}
+    for key, value in parse_params(items).items():
+        name, dot, k = key.rpartition(".")
+        if not dot:
+            raise api.ConfigError(f"scan --param {key!r} must name its detector: DETECTOR.key=value")
+        per.setdefault(name.replace("_", "-"), {})[k] = value
+    return per
 
 
 def _summary_lines(r: dict[str, Any]) -> list[str]:
@@ -98,57 +116,50 @@ def register(app: typer.Typer) -> None:
 
     @app.command("scan")
     def scan_command(model_file: ModelArg, out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")]
-                     = Path("scan-report"), param: Annotated[list[str] | None, typer.Option(
-                         "--param", "-p", help="DETECTOR.key=value (repeatable), e.g. -p neural-cleanse.steps=200.")]
-                     = None, clean_fraction: CleanFraction = 0.05, seed: Seed = 0,
+                     = Path("scan-report"), param: ScanParam = None, detector: Detectors = None,
+                     time_budget: TimeBudget = None, calibration: CalibrationFile = None,
+                     clean_fraction: CleanFraction = 0.05, seed: Seed = 0,
                      data_root: DataRoot = None, json_out: Json = False, quiet: Quiet = False,
                      overwrite: Overwrite = False) -> None:
-        """Run every model-level detector on a model file; write one report (JSON and PNGs)."""
-        per: dict[str, dict[str, Any]] = {}
-        for key, value in parse_params(param).items():
-            name, dot, k = key.rpartition(".")
-            if not dot:
-                raise api.ConfigError(f"scan --param {key!r} must name its detector: DETECTOR.key=value")
-            per.setdefault(name.replace("_", "-"), {})[k] = value
-        r = api.scan(model_file, out, params=per, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
+        """Run every model-level detector on a model file; write one report (JSON and PNGs). With --calibration,
+        one calibrated probability that the model is backdoored."""
+        r = api.scan(model_file, out, params=_scan_params(param), detectors=detector, time_budget_s=time_budget,
+                     calibration=calibration, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
                      progress=not quiet, overwrite=overwrite).to_dict()
         lines = [line for d in r["detectors"].values() for line in _summary_lines(d)]
+        lines += [f"{name}: {f['status']} after {f['wall_time_s']:.1f} s ({f['error']})"
+                  for name, f in r["failures"].items()]
+        if "verdict" in r:
+            v = r["verdict"]
+            lines.append("verdict: no calibrated detector produced a score" if v["probability"] is None else
+                         f"verdict: P(backdoored) = {v['probability']:.3f} from {', '.join(v['used'])} -> "
+                         f"{'FLAGGED' if v['flagged'] else 'not flagged'} (threshold {v['threshold']:g})")
         emit(r, json_out, [*lines, f"report: {r['report']}"])
 
-    zoo_app = typer.Typer(no_args_is_help=True, help="Seeded zoos of clean and backdoored models, and detector "
-                          "AUROC over them.")
+    @app.command("scan-calibrate")
+    def scan_calibrate_command(zoo_dir: Annotated[Path, typer.Argument(help="Labelled calibration zoo folder "
+                                                                       "(`zoo build`), apart from any zoo you evaluate on.")],
+                               out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file (JSON).")],
+                               param: ScanParam = None, detector: Detectors = None, time_budget: TimeBudget = None,
+                               clean_fraction: CleanFraction = 0.05, seed: Seed = 0, data_root: DataRoot = None,
+                               quiet: Quiet = False) -> None:
+        """Scan every model of a labelled zoo and write the calibration that `scan --calibration` uses."""
+        path = api.scan_calibrate(zoo_dir, out, detectors=detector, params=_scan_params(param),
+                                  time_budget_s=time_budget, clean_fraction=clean_fraction, seed=seed,
+                                  data_root=data_root, progress=not quiet)
+        typer.echo(f"wrote {path}")
 
-    @zoo_app.command("build")
-    def zoo_build(out: Annotated[Path, typer.Option("--out", "-o", help="Zoo folder.")],
-                  dataset: Annotated[str, typer.Option(help="Dataset.")] = "mnist",
-                  clean: Annotated[int, typer.Option(help="Clean models.")] = 10,
-                  backdoored: Annotated[int, typer.Option(help="Backdoored models.")] = 10,
-                  model: Annotated[str, typer.Option(help="Architecture id.")] = "badnet-mnist",
-                  epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 2,
-                  train_size: Annotated[int | None, typer.Option(help="Train on a seeded subset this large.")] = None,
-                  threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-                  seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False) -> None:
-        """Train seeded clean and backdoored models (varied targets, trigger kinds, sizes, positions)."""
-        if threads is not None:
-            api.set_threads(threads)
-        records = api.build_zoo(out, api.ZooConfig(dataset=dataset, architecture=model, clean=clean, backdoored=backdoored,
-                                           epochs=epochs, train_size=train_size, seed=seed),
-                            data_root=data_root, progress=not quiet)
-        typer.echo(f"wrote {len(records)} models to {out / 'models'} (attack specs and truth in {out / 'specs'})")
-
-    @zoo_app.command("evaluate")
-    def zoo_evaluate(zoo_dir: Annotated[Path, typer.Argument(help="Zoo folder.")],
-                     detector: Annotated[str, typer.Option(help="Model detector.")] = "neural-cleanse",
-                     param: Param = None, clean_fraction: CleanFraction = 0.05, seed: Seed = 0,
-                     out: OutDir = None, data_root: DataRoot = None, json_out: Json = False,
-                     quiet: Quiet = False, overwrite: Overwrite = False) -> None:
-        """AUROC (on scores), TPR at 5% FPR and target accuracy of a model detector over a zoo; ROC plot."""
-        params = parse_params(param)
-        s = api.evaluate_zoo(zoo_dir, detector, params=params, clean_fraction=clean_fraction, seed=seed,
-                             data_root=data_root, progress=not quiet, out=out, overwrite=overwrite)
-        emit(s, json_out, [
-            f"{detector} on {s['n_clean']} clean + {s['n_backdoored']} backdoored models: AUROC {_num(s['auroc'])}, "
-            f"TPR@5%FPR {_num(s['tpr_at_5pct_fpr'])}, target accuracy {_num(s['target_accuracy'])}",
-            f"results and ROC plot in {s['out']}"])
-
-    app.add_typer(zoo_app, name="zoo")
+    @app.command("scan-zoo")
+    def scan_zoo_command(zoo_dir: Annotated[Path, typer.Argument(help="Zoo folder (`zoo build`).")],
+                         out: OutDir = None, param: ScanParam = None, detector: Detectors = None,
+                         time_budget: TimeBudget = None, calibration: CalibrationFile = None,
+                         clean_fraction: CleanFraction = 0.05, seed: Seed = 0, data_root: DataRoot = None,
+                         json_out: Json = False, quiet: Quiet = False) -> None:
+        """Scan every model of a zoo: AUROC per detector (and of the calibrated verdict), ROC plot."""
+        s = api.scan_zoo(zoo_dir, out, detectors=detector, params=_scan_params(param), time_budget_s=time_budget,
+                         calibration=calibration, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
+                         progress=not quiet)
+        lines = [f"{name}: AUROC {_num(d.get('auroc'))}, TPR@5%FPR {_num(d.get('tpr_at_5pct_fpr'))}, "
+                 f"{d['n_failed']} failed, {_num(d['wall_time_s_mean'])} s per model"
+                 for name, d in s["detectors"].items()]
+        emit(s, json_out, [*lines, f"results and ROC plot in {s['out']}"])

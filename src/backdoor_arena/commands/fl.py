@@ -1,5 +1,5 @@
-"""`backdoor-arena fl run|validate|matrix`: federated scenarios, thin over `api.fl_run`, `api.fl_validate` and
-`api.fl_matrix`."""
+"""`backdoor-arena fl run|validate|matrix`: federated scenarios, thin over `api.fl_run` (`api.fl_run_seeds` with
+--seeds), `api.fl_validate` and `api.fl_matrix`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import api
-from .options import DataRoot, Overwrite, Quiet
+from .options import DataRoot, ExecutorName, Jobs, Overwrite, Quiet, RayAddress, make_executor
 
 
 def register(app: typer.Typer) -> None:
@@ -26,11 +26,19 @@ def register(app: typer.Typer) -> None:
         quiet: Quiet = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
         overwrite: Overwrite = False,
+        seeds: Annotated[str | None, typer.Option("--seeds", help="Run once per seed (comma-separated, e.g. 0,1,2) "
+                                                  "into OUT/seed-N/, one job per seed through --executor; a rerun "
+                                                  "skips the seeds already done.")] = None,
+        executor: ExecutorName = "local", jobs: Jobs = None, address: RayAddress = None,
     ) -> None:
         """Run SCENARIO.toml: one JSONL record per round, PNG plots shaped like the paper's."""
         threads = api.fl_validate(scenario, overrides or [])["threads"]
         if threads:  # the scenario asks for a thread count: a process-wide setting, applied here at the entry
             api.set_threads(threads)
+        if seeds is not None or executor != "local" or jobs is not None or address is not None:
+            _run_seeds(scenario, overrides or [], out, seeds, make_executor(executor, jobs, address, threads or None),
+                       quiet, json_out, data_root, overwrite)
+            return
         results = api.fl_run(scenario, out, overrides or [], progress=not quiet, data_root=data_root,
                              overwrite=overwrite)
         summaries = {label or "run": r.summary for label, r in results.items()}
@@ -78,3 +86,23 @@ def register(app: typer.Typer) -> None:
                    f"aggregator {sc.aggregator['name']}{variants})")
 
     app.add_typer(fl)
+
+
+def _run_seeds(scenario: Path, overrides: list[str], out: Path, seeds: str | None, ex: object, quiet: bool,
+               json_out: bool, data_root: Path | None, overwrite: bool) -> None:
+    if seeds is None:
+        raise api.ConfigError("--executor, --jobs and --address run one job per seed: give --seeds, e.g. --seeds 0,1,2")
+    try:
+        numbers = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise api.ConfigError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
+    per_seed = api.fl_run_seeds(scenario, out, numbers, overrides, executor=ex, progress=not quiet,
+                                data_root=data_root, overwrite=overwrite)
+    if json_out:
+        typer.echo(json.dumps({str(k): v for k, v in per_seed.items()}, sort_keys=True, default=str))
+        return
+    for seed, summaries in per_seed.items():
+        for label, s in summaries.items():
+            typer.echo(f"seed {seed} {label}: clean {s['final_clean_accuracy']:.3f}, attack success final "
+                       f"{s['final_attack_success_rate']:.3f} mean {s['mean_attack_success_rate']:.3f}")
+    typer.echo(f"wrote {out}/seed-{{{','.join(map(str, per_seed))}}}/")

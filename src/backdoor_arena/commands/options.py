@@ -47,3 +47,21 @@ def parse_params(items: list[str] | None, flag: str = "--param") -> dict[str, An
         except json.JSONDecodeError:
             params[key] = raw
     return params
+
+
+# Sweeps (zoo build, zoo evaluate, ...): how the jobs run, and the device each job uses.
+ExecutorName = Annotated[str, typer.Option("--executor", help="How the jobs run: local (one at a time, in this "
+                                           "process), processes (a pool of --jobs worker processes, threads split "
+                                           "among them) or ray (Ray tasks; --address joins a cluster).")]
+Jobs = Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel jobs: worker processes (processes) or CPUs "
+                                          "of the Ray instance started here (ray). Default: one per core.")]
+RayAddress = Annotated[str | None, typer.Option("--address", help="Ray cluster for --executor ray: auto (the one "
+                                                "`ray start` made here) or HOST:PORT. Default: a local instance.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps; recorded in the run records.")]
+
+
+def make_executor(name: str, jobs: int | None, address: str | None, threads: int | None = None) -> Any:
+    """The sweep executor the options name (api.Executor validates them: one line per problem)."""
+    from .. import api
+
+    return api.Executor(name=name, jobs=jobs, address=address, threads=threads)

@@ -21,6 +21,28 @@ Mitigations (registered in MITIGATIONS): "nc-unlearning" fine-tunes on the clean
 trigger stamped on a fraction of it, labels kept; "nc-pruning" zeroes the penultimate-layer neurons whose
 activation rises most under the reversed trigger, until the model no longer follows it.
 
+K-Arm scheduling (Shen et al., ICML 2021; `schedule="k-arm"`, the default "all" is unchanged):
+1. Pre-screening by the softmax of the clean sample (`prescreen_arms`): the authors' global and
+   label-specific rules, filled up to `arms` labels (default 25% of them, at least 2) with the labels most
+   often in other images' top-k, as global arms.
+2. Every arm is one label's Neural Cleanse problem (a global arm: on all images, with the same initial
+   mask and mini-batches as "all" gives that label, so its trajectory is the same step for step; a
+   label-specific arm: on its victims' images). A bandit pulls arms `check_every` steps at a time: a
+   warm-up of 20% of the steps each (arms still short of the success threshold then are dropped), then
+   epsilon-greedy on improvement rate + beta / norm; it stops when an arm has used its `steps` or
+   stopped improving for 10 successful checks (with `finish_all`: when every arm has used its `steps`).
+3. Symmetric check for the lead arm (target t, source s: its first victim, or for a global arm the class
+   whose images rank t lowest): reverse t -> s on the images predicted t. The forward norm is the lead
+   arm's (on all images for a global arm: an upper bound of s -> t's). A natural feature is small both
+   ways; an injected trigger is small only towards t.
+Verdict: when every label is an arm and finished its `steps` (`arms` = `top_k` = K and `finish_all`), the
+score is Neural Cleanse's anomaly index over the same norms (details["statistic"] = "anomaly-index").
+Otherwise most labels were never optimised or stopped early (their norms are NaN or not minimal), so a
+median over them means nothing: the score is the symmetric ratio reverse norm / forward norm, flagged
+above `symmetric_ratio` (details["statistic"] = "symmetric-ratio"; the authors: 10 on 224 x 224 inputs
+together with an absolute norm bound). details["total_steps"] counts the label-steps spent (Neural
+Cleanse: labels x steps).
+
 The detector returns tensors only (masks and patterns in `ModelVerdict.artefacts`); the figure of the
 reversed triggers is drawn by the reporting layer (`report.plot_reversed_triggers`).
 """
@@ -43,6 +65,15 @@ from . import MITIGATIONS, MODEL_DETECTORS
 from .base import ModelVerdict, Monitor, Repaired, check_clean_set
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of the standard deviation of a normal
+SCHEDULES = ("all", "k-arm")
+# K-Arm (Shen et al., ICML 2021; the authors' code): a label in the top-k of more than 95% of the images of
+# other labels is a global (all-to-one) arm; else a label in the top-k of >= 90% of one predicted class's
+# images is a label-specific arm with that class as victim (at most 3 victims per target).
+KARM_GLOBAL, KARM_LABEL, KARM_VICTIMS = 0.95, 0.90, 3
+KARM_BETA = 1e4 / (224 * 224)  # the authors' beta = 1e4 for 224 x 224 inputs, per pixel of the image
+KARM_WARMUP = 2  # pulls of every arm before the scheduler ranks them, at least
+KARM_WARMUP_FRACTION = 0.2  # of the steps every arm runs before the scheduler ranks them
+KARM_PATIENCE = 10  # successful checks without a smaller mask after which an arm stops (the authors' early stop)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -76,6 +107,45 @@ def apply_masks(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) ->
     return out.reshape(k * x.shape[0], *x.shape[1:])
 
 
+def prescreen_arms(probs: torch.Tensor, top_k: int, n_arms: int) -> list[tuple[int, list[int] | None]]:
+    """K-Arm's logit pre-screening of softmax outputs [N, K] -> arms (target, None) for a global (all-to-one)
+    arm, (target, victims) for a label-specific one, most promising first.
+
+    The authors' rules first: labels in the top-k of more than KARM_GLOBAL of the other labels' images are
+    global arms (and the only ones); else a label in the top-k of >= KARM_LABEL of one predicted class's
+    images is a label-specific arm with that class as a victim. Then, where the authors would declare the
+    model benign, we fill up to `n_arms` with the labels most often in other images' top-k, as global arms:
+    on MNIST BadNets models the target was in the top 2 of only 20-70% of the other images (measured), so
+    the authors' thresholds alone would pass backdoored models that Neural Cleanse flags."""
+    n, k = probs.shape
+    in_top = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, probs.topk(top_k, dim=1).indices, True)
+    pred = probs.argmax(1)
+    share = torch.tensor([float(in_top[pred != j, j].double().mean()) if bool((pred != j).any()) else 0.0
+                          for j in range(k)])
+    glob = [j for j in torch.argsort(share, descending=True, stable=True).tolist() if share[j] > KARM_GLOBAL]
+    if glob:
+        return [(j, None) for j in glob]
+    victims: dict[int, list[tuple[float, int]]] = {}
+    for i in range(k):
+        mine = pred == i
+        if not bool(mine.any()):
+            continue
+        frac = in_top[mine].double().mean(0)
+        for j in range(k):
+            if j != i and float(frac[j]) >= KARM_LABEL:
+                victims.setdefault(j, []).append((float(probs[mine, j].sum()), i))
+    ranked = sorted(((sum(v for v, _ in sorted(vs, reverse=True)[:KARM_VICTIMS]), j,
+                      [i for _, i in sorted(vs, reverse=True)[:KARM_VICTIMS]]) for j, vs in victims.items()),
+                    reverse=True)
+    arms: list[tuple[int, list[int] | None]] = [(j, vs) for _, j, vs in ranked][:n_arms]
+    for j in torch.argsort(share, descending=True, stable=True).tolist():
+        if len(arms) >= n_arms:
+            break
+        if all(j != t for t, _ in arms):
+            arms.append((j, None))
+    return arms
+
+
 @dataclass(frozen=True, eq=False)
 class ReversedTriggers:
     masks: torch.Tensor  # [K, 1, H, W] in [0, 1]
@@ -84,6 +154,94 @@ class ReversedTriggers:
     success: torch.Tensor  # [K] attack success of each reversed trigger on the clean set
     reached: torch.Tensor  # [K] bool: the success threshold was reached at some check
 
+
+
+class _Problem:
+    """The optimisation of some labels' masks and patterns (Adam on tanh parameters, the cost schedule, the
+    best mask at a check that reached the threshold), resumable: `run(net, n)` takes the next n steps, with
+    step i always on mini-batch `batches[i]` of `x_pool`, so that a label's trajectory does not depend on
+    how its steps are interleaved with other labels' (the K-Arm scheduler relies on it)."""
+
+    def __init__(self, nc: NeuralCleanse, labels: torch.Tensor, init_mask: torch.Tensor, init_pattern: torch.Tensor,
+                 x_pool: torch.Tensor, batches: torch.Tensor) -> None:
+        k = len(labels)
+        self.nc, self.labels, self.x_pool, self.batches, self.step = nc, labels, x_pool, batches, 0
+        # atanh of a value in (-1, 1) scaled to stay away from the saturated ends
+        self.mask_p = torch.atanh(init_mask * 0.999).requires_grad_(True)
+        self.pattern_p = torch.atanh(init_pattern * 0.999).requires_grad_(True)
+        self.opt = torch.optim.Adam([self.mask_p, self.pattern_p], lr=nc.lr, betas=(0.5, 0.9))
+        self.cost = torch.zeros(k, dtype=torch.float64)
+        self.cost_set = torch.zeros(k, dtype=torch.long)
+        self.up, self.down = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)
+        self.best_mask = (torch.tanh(self.mask_p.detach()) + 1) / 2
+        self.best_pattern = (torch.tanh(self.pattern_p.detach()) + 1) / 2
+        self.best_norm = torch.full((k,), math.inf, dtype=torch.float64)
+        self.first_norm = torch.full((k,), math.inf, dtype=torch.float64)  # at the first check that succeeded
+        self.improvements = torch.zeros(k, dtype=torch.long)
+        self.stale = torch.zeros(k, dtype=torch.long)  # successful checks since the last improvement
+        self.last_norm = self.best_mask.sum(dim=(1, 2, 3)).double()
+        self.reached = torch.zeros(k, dtype=torch.bool)
+        self.hits = torch.zeros(k, dtype=torch.float64)
+        self.seen = 0
+        self.target = labels.repeat_interleave(batches.shape[1])
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.batches.shape[0]
+
+    def done(self, patience: int | None) -> bool:
+        """Finished, or (with a patience) no smaller successful mask in `patience` successful checks."""
+        return self.finished or (patience is not None and int(self.stale.min()) >= patience)
+
+    def run(self, net: nn.Module, n_steps: int, bar: Any = None) -> None:
+        nc, k, total = self.nc, len(self.labels), self.batches.shape[0]
+        for step in range(self.step, min(total, self.step + n_steps)):
+            x = self.x_pool[self.batches[step]]
+            mask = (torch.tanh(self.mask_p) + 1) / 2
+            pattern = (torch.tanh(self.pattern_p) + 1) / 2
+            logits = net(apply_masks(x, mask, pattern))
+            ce = nn.functional.cross_entropy(logits, self.target, reduction="none").view(k, -1).mean(1)
+            l1 = mask.sum(dim=(1, 2, 3))
+            loss = (ce + self.cost.to(ce.dtype) * l1).sum()  # disjoint parameters: the sum is K separate problems
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            with torch.no_grad():
+                self.hits += (logits.argmax(1) == self.target).view(k, -1).double().mean(1)
+                self.seen += 1
+                self.last_norm = l1.detach().double()
+                if (step + 1) % nc.check_every == 0 or step + 1 == total:
+                    acc = self.hits / self.seen
+                    ok = acc >= nc.success_threshold
+                    better = ok & (l1.double() < self.best_norm)
+                    self.first_norm = torch.where(ok & ~self.reached, l1.double(), self.first_norm)
+                    self.improvements += better.long()
+                    self.stale = torch.where(better, torch.zeros_like(self.stale), self.stale + ok.long())
+                    self.best_norm = torch.where(better, l1.double(), self.best_norm)
+                    self.best_mask[better] = mask[better]
+                    self.best_pattern[better] = pattern[better]
+                    self.reached |= ok
+                    self.cost, self.cost_set, self.up, self.down = nc._schedule(self.cost, self.cost_set, self.up,
+                                                                                self.down, ok)
+                    self.hits.zero_()
+                    self.seen = 0
+            if bar is not None:
+                bar.update(1)
+        self.step = min(total, self.step + n_steps)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best masks and patterns; labels never reaching the threshold keep their last mask (a large norm:
+        no easy trigger there)."""
+        best_mask, best_pattern = self.best_mask.clone(), self.best_pattern.clone()
+        last_mask = ((torch.tanh(self.mask_p) + 1) / 2).detach()
+        last_pattern = ((torch.tanh(self.pattern_p) + 1) / 2).detach()
+        best_mask[~self.reached] = last_mask[~self.reached]
+        best_pattern[~self.reached] = last_pattern[~self.reached]
+        return best_mask, best_pattern, self.reached.clone()
+
+    def norm(self) -> float:
+        """The norm the scheduler ranks by: the best successful one, else the current one."""
+        return float(self.best_norm[0]) if bool(self.reached[0]) else float(self.last_norm[0])
 
 # --------------------------------------------------------------------------- the detector
 @MODEL_DETECTORS.register("neural-cleanse")
@@ -94,7 +252,10 @@ class NeuralCleanse:
                                                 "patience": 1}
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
         ({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"success_threshold": 1.5}, "success_threshold"),
-        ({"cost_multiplier": 1.0}, "cost_multiplier"), ({"init_cost": 0}, "init_cost"))
+        ({"cost_multiplier": 1.0}, "cost_multiplier"), ({"init_cost": 0}, "init_cost"),
+        ({"schedule": "random"}, "schedule"), ({"schedule": "k-arm", "top_k": 0}, "top_k"),
+        ({"schedule": "k-arm", "epsilon": 2}, "epsilon"), ({"schedule": "k-arm", "symmetric_ratio": 0},
+                                                          "symmetric_ratio"))
     param_help: ClassVar[dict[str, str]] = {
         "steps": "Optimisation steps per label.",
         "batch_size": "Clean images per step and label.",
@@ -110,13 +271,31 @@ class NeuralCleanse:
         "pass_images": "Images per forward pass in batched mode (labels per pass = pass_images // batch_size).",
         "seed": "Seed of the initial masks and patterns and of the mini-batches.",
         "progress": "Show a progress bar.",
+        "schedule": "all (every label gets all steps: Neural Cleanse) or k-arm (logit pre-screening and a bandit).",
+        "top_k": "K-Arm: labels per image kept by the pre-screening (default: 2 for <= 8 classes, else 25%).",
+        "arms": "K-Arm: most arms kept by the pre-screening (default: 25% of the labels, at least 2).",
+        "epsilon": "K-Arm: probability that the scheduler pulls a random arm instead of the best, in [0, 1].",
+        "symmetric_ratio": "K-Arm: flag when the reverse trigger (target to source) is this many times larger.",
+        "finish_all": "K-Arm: run every arm to `steps` (all labels finish when all are arms: NC's statistic).",
     }
 
     def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                  success_threshold: float = 0.99, patience: int = 5, check_every: int = 10,
                  cost_multiplier: float = 1.5, threshold: float = 2.0, n_samples: int = 1000, batched: bool = True,
-                 pass_images: int = 160, seed: int = 0, progress: bool = False) -> None:
+                 pass_images: int = 160, seed: int = 0, progress: bool = False, schedule: str = "all",
+                 top_k: int | None = None, arms: int | None = None, epsilon: float = 0.3, symmetric_ratio: float = 3.0,
+                 finish_all: bool = False) -> None:
         problems = []
+        if schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            problems.append(f"top_k must be a positive integer or None (the K-Arm rule), got {top_k!r}")
+        if arms is not None and (not isinstance(arms, int) or isinstance(arms, bool) or arms < 1):
+            problems.append(f"arms must be a positive integer or None (25% of the labels, at least 2), got {arms!r}")
+        if not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
+            problems.append(f"epsilon must be in [0, 1], got {epsilon!r}")
+        if not isinstance(symmetric_ratio, (int, float)) or not symmetric_ratio > 0:
+            problems.append(f"symmetric_ratio must be a positive number, got {symmetric_ratio!r}")
         for name, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience),
                         ("check_every", check_every), ("n_samples", n_samples), ("pass_images", pass_images)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -137,23 +316,14 @@ class NeuralCleanse:
         self.cost_multiplier, self.threshold, self.n_samples = float(cost_multiplier), float(threshold), n_samples
         self.batched, self.seed, self.progress = bool(batched), int(seed), bool(progress)
         self.pass_images = pass_images
+        self.schedule, self.top_k, self.arms, self.epsilon = schedule, top_k, arms, float(epsilon)
+        self.symmetric_ratio, self.finish_all = float(symmetric_ratio), bool(finish_all)
 
     # -- reverse engineering ----------------------------------------------------------------
     def reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
         """Reversed masks and patterns of every label (the model is copied, never changed)."""
-        net = model_copy(model)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        x_all = check_clean_set(net, clean, "neural-cleanse")
-        g = torch.Generator().manual_seed(self.seed)
-        if len(x_all) > self.n_samples:
-            x_all = x_all[torch.randperm(len(x_all), generator=g)[: self.n_samples]]
-        k = int(net(x_all[:1]).shape[1])
-        c, h, w = x_all.shape[1:]
         # Everything random is drawn up front, so the batched and per-label runs see the same numbers.
-        init_mask = torch.rand(k, 1, h, w, generator=g) * 2 - 1
-        init_pattern = torch.rand(k, c, h, w, generator=g) * 2 - 1
-        batches = torch.randint(len(x_all), (self.steps, self.batch_size), generator=g)
+        net, x_all, _, k, init_mask, init_pattern, batches = self._setup(model, clean)
         # Batched: as many labels per pass as fit `pass_images` images. On 2 CPU cores one pass of 320
         # images (10 labels x 32) was slower than ten passes of 32 (activations spill out of the caches).
         per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
@@ -176,53 +346,9 @@ class NeuralCleanse:
     def _optimise(self, net: nn.Module, x_all: torch.Tensor, labels: torch.Tensor, init_mask: torch.Tensor,
                   init_pattern: torch.Tensor, batches: torch.Tensor, bar: Any) -> tuple[torch.Tensor, ...]:
         """One problem over `labels` (all of them, or one): Adam on tanh-parameterised masks and patterns."""
-        k = len(labels)
-        # atanh of a value in (-1, 1) scaled to stay away from the saturated ends
-        mask_p = torch.atanh(init_mask * 0.999).requires_grad_(True)
-        pattern_p = torch.atanh(init_pattern * 0.999).requires_grad_(True)
-        opt = torch.optim.Adam([mask_p, pattern_p], lr=self.lr, betas=(0.5, 0.9))
-        cost = torch.zeros(k, dtype=torch.float64)
-        cost_set = torch.zeros(k, dtype=torch.long)
-        up, down = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)
-        best_mask = (torch.tanh(mask_p.detach()) + 1) / 2
-        best_pattern = (torch.tanh(pattern_p.detach()) + 1) / 2
-        best_norm = torch.full((k,), math.inf, dtype=torch.float64)
-        reached = torch.zeros(k, dtype=torch.bool)
-        hits = torch.zeros(k, dtype=torch.float64)
-        seen = 0
-        target = labels.repeat_interleave(batches.shape[1])
-        for step in range(batches.shape[0]):
-            x = x_all[batches[step]]
-            mask = (torch.tanh(mask_p) + 1) / 2
-            pattern = (torch.tanh(pattern_p) + 1) / 2
-            logits = net(apply_masks(x, mask, pattern))
-            ce = nn.functional.cross_entropy(logits, target, reduction="none").view(k, -1).mean(1)
-            l1 = mask.sum(dim=(1, 2, 3))
-            loss = (ce + cost.to(ce.dtype) * l1).sum()  # disjoint parameters: the sum is K separate problems
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                hits += (logits.argmax(1) == target).view(k, -1).double().mean(1)
-                seen += 1
-                if (step + 1) % self.check_every == 0 or step + 1 == batches.shape[0]:
-                    acc = hits / seen
-                    ok = acc >= self.success_threshold
-                    better = ok & (l1.double() < best_norm)
-                    best_norm = torch.where(better, l1.double(), best_norm)
-                    best_mask[better] = mask[better]
-                    best_pattern[better] = pattern[better]
-                    reached |= ok
-                    cost, cost_set, up, down = self._schedule(cost, cost_set, up, down, ok)
-                    hits.zero_()
-                    seen = 0
-            bar.update(1)
-        # labels never reaching the threshold keep their last mask (a large norm: no easy trigger there)
-        last_mask = ((torch.tanh(mask_p) + 1) / 2).detach()
-        last_pattern = ((torch.tanh(pattern_p) + 1) / 2).detach()
-        best_mask[~reached] = last_mask[~reached]
-        best_pattern[~reached] = last_pattern[~reached]
-        return best_mask, best_pattern, reached
+        problem = _Problem(self, labels, init_mask, init_pattern, x_all, batches)
+        problem.run(net, batches.shape[0], bar)
+        return problem.result()
 
     def _schedule(self, cost: torch.Tensor, cost_set: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                   ok: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -243,6 +369,8 @@ class NeuralCleanse:
 
     # -- the verdict --------------------------------------------------------------------------
     def inspect(self, model: nn.Module, clean: Dataset) -> ModelVerdict:
+        if self.schedule == "k-arm":
+            return self._inspect_karm(model, clean)
         rev = self.reverse(model, clean)
         score, label = anomaly_index(rev.norms)
         flagged = score > self.threshold
@@ -258,9 +386,141 @@ class NeuralCleanse:
         )
 
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("steps", "batch_size", "lr", "init_cost", "success_threshold",
-                                              "patience", "check_every", "cost_multiplier", "threshold",
-                                              "n_samples", "batched", "pass_images", "seed")}
+        out = {k: getattr(self, k) for k in ("steps", "batch_size", "lr", "init_cost", "success_threshold",
+                                             "patience", "check_every", "cost_multiplier", "threshold",
+                                             "n_samples", "batched", "pass_images", "seed")}
+        if self.schedule != "all":  # the default's parameters (and records made with them) stay as they were
+            out |= {k: getattr(self, k) for k in ("schedule", "top_k", "arms", "epsilon", "symmetric_ratio",
+                                                 "finish_all")}
+        return out
+
+    # -- K-Arm ----------------------------------------------------------------------------------
+    def _setup(self, model: nn.Module, clean: Dataset) -> tuple[nn.Module, torch.Tensor, torch.Generator, int,
+                                                                 torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What `reverse` draws, in the same order: the copied net, the clean sample, the generator, the
+        number of labels, the initial masks and patterns and the mini-batches."""
+        net = model_copy(model)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        x_all = check_clean_set(net, clean, "neural-cleanse")
+        g = torch.Generator().manual_seed(self.seed)
+        if len(x_all) > self.n_samples:
+            x_all = x_all[torch.randperm(len(x_all), generator=g)[: self.n_samples]]
+        k = int(net(x_all[:1]).shape[1])
+        c, h, w = x_all.shape[1:]
+        init_mask = torch.rand(k, 1, h, w, generator=g) * 2 - 1
+        init_pattern = torch.rand(k, c, h, w, generator=g) * 2 - 1
+        batches = torch.randint(len(x_all), (self.steps, self.batch_size), generator=g)
+        return net, x_all, g, k, init_mask, init_pattern, batches
+
+    def _inspect_karm(self, model: nn.Module, clean: Dataset) -> ModelVerdict:
+        net, x_all, g, k, init_mask, init_pattern, batches = self._setup(model, clean)
+        h, w = x_all.shape[2:]
+        with torch.no_grad():
+            probs = torch.cat([net(x_all[i : i + 500]).softmax(1) for i in range(0, len(x_all), 500)])
+        top_k = self.top_k or (2 if k <= 8 else round(0.25 * k))
+        arms = prescreen_arms(probs, min(top_k, k), self.arms or max(2, round(0.25 * k)))
+        details: dict[str, Any] = {"statistic": "symmetric-ratio", "top_k": min(top_k, k),
+                                   "arms": [{"target": t, "victims": v} for t, v in arms], "params": self.params()}
+        masks, patterns = torch.zeros_like(init_mask), torch.zeros_like(init_pattern)
+        norms = torch.full((k,), math.nan, dtype=torch.float64)
+        if not arms:  # the authors' rule: no candidate label, no backdoor
+            details |= {"norms": norms.tolist(), "total_steps": 0, "arm_steps": {}, "finished": []}
+            return ModelVerdict(0.0, False, self.symmetric_ratio, None, details, {"masks": masks, "patterns": patterns})
+        pred = probs.argmax(1)
+        problems = []
+        for target, victims in arms:
+            idx = torch.tensor([target])
+            if victims is None:  # a global arm: the very problem Neural Cleanse solves for that label
+                problems.append(_Problem(self, idx, init_mask[idx], init_pattern[idx], x_all, batches))
+            else:
+                pool = x_all[torch.isin(pred, torch.tensor(victims))]
+                arm_batches = torch.randint(len(pool), (self.steps, self.batch_size), generator=g)
+                problems.append(_Problem(self, idx, init_mask[idx], init_pattern[idx], pool, arm_batches))
+        pulls = self._bandit(net, problems, g, h * w)
+        for (target, _), pr in zip(arms, problems, strict=True):
+            m, pat, _ = pr.result()
+            masks[target], patterns[target] = m[0], pat[0]
+            norms[target] = float(m[0].sum())
+        lead = min(range(len(arms)), key=lambda i: (not bool(problems[i].reached[0]), problems[i].norm()))
+        target, victims = arms[lead]
+        # The source: the arm's first victim; for a global arm the class whose images rank the target lowest.
+        # A global trigger must work from there too, while the class nearest the target shares natural
+        # features with it both ways (GTSRB speed limits 30 and 50: reverse 1.3x the forward norm, measured).
+        if victims is not None:
+            source = victims[0]
+        else:
+            share = torch.stack([probs[pred == i, target].mean() if bool((pred == i).any()) and i != target
+                                 else torch.tensor(2.0) for i in range(k)])
+            source = int(share.argmin())
+        # Symmetric check: reverse the other way (images of the target sent to the source). The forward norm
+        # is the lead arm's own (on all images for a global arm: an upper bound of source -> target's).
+        back_pool = x_all[pred == target]
+        back_batches = torch.randint(max(1, len(back_pool)), (self.steps, self.batch_size), generator=g)
+        back_norm = math.nan
+        if len(back_pool):
+            back = _Problem(self, torch.tensor([source]), init_mask[[source]], init_pattern[[source]], back_pool,
+                            back_batches)
+            while not back.done(KARM_PATIENCE):
+                back.run(net, self.check_every)
+            back_norm = float(back.result()[0][0].sum())
+        forward_norm = float(norms[target])
+        # no clean image predicted the target: nothing to reverse from, so no evidence either way (ratio 0)
+        ratio = back_norm / max(forward_norm, 1e-12) if len(back_pool) else 0.0
+        finished = [t for (t, _), pr in zip(arms, problems, strict=True) if pr.finished]
+        all_finish = len(finished) == k
+        details |= {"norms": norms.tolist(), "lead_target": target, "source": source, "forward_norm": forward_norm,
+                    "reverse_norm": back_norm, "symmetric_ratio": ratio, "finished": finished, "pulls": pulls,
+                    "arm_steps": {t: pr.step for (t, _), pr in zip(arms, problems, strict=True)},
+                    "reverse_steps": back.step if len(back_pool) else 0,
+                    "total_steps": sum(pr.step for pr in problems) + (back.step if len(back_pool) else 0)}
+        if all_finish:  # every label finished its `steps`: Neural Cleanse's own statistic, comparable with it
+            score, label = anomaly_index(norms)
+            details |= {"statistic": "anomaly-index", "anomaly_index": score, "smallest_norm_label": label,
+                        "anomaly_indices": anomaly_indices(norms).tolist(), "median_norm": float(median(norms))}
+            flagged = score > self.threshold
+            return ModelVerdict(score, flagged, self.threshold, label if flagged else None, details,
+                                {"masks": masks, "patterns": patterns})
+        details["smallest_norm_label"] = target
+        flagged = ratio > self.symmetric_ratio
+        return ModelVerdict(ratio, flagged, self.symmetric_ratio, target if flagged else None, details,
+                            {"masks": masks, "patterns": patterns})
+
+    def _bandit(self, net: nn.Module, problems: list[_Problem], g: torch.Generator, pixels: int) -> list[int]:
+        """K-Arm's scheduler. Warm-up: every arm runs KARM_WARMUP_FRACTION of its `steps` (in pulls of
+        `check_every` steps; at least KARM_WARMUP pulls); an arm that has not reached the success threshold
+        by then is hopeless and gets no more (the authors drop label-specific arms below 0.8 success after
+        200 of 1,000 steps), unless no arm reached it. Then, with probability epsilon a random live arm,
+        else the one with the largest improvement-rate + beta / norm. Stops when a live arm has used its
+        `steps` or stopped improving for KARM_PATIENCE successful checks (with `finish_all`: when every arm
+        has used its `steps`). Returns the sequence of pulled arms."""
+        pulls: list[int] = []
+        patience = None if self.finish_all else KARM_PATIENCE
+        warmup = max(KARM_WARMUP, math.ceil(KARM_WARMUP_FRACTION * self.steps / self.check_every))
+        for _ in range(warmup):
+            for i, pr in enumerate(problems):
+                if not pr.done(patience):
+                    pr.run(net, self.check_every)
+                    pulls.append(i)
+        live = [i for i, pr in enumerate(problems) if bool(pr.reached[0]) or self.finish_all]
+        live = live or list(range(len(problems)))
+        beta = KARM_BETA * pixels
+        while True:
+            open_arms = [i for i in live if not problems[i].done(patience)]
+            if not open_arms or (not self.finish_all and len(open_arms) < len(live)):
+                return pulls
+            if float(torch.rand((), generator=g)) < self.epsilon:
+                arm = open_arms[int(torch.randint(len(open_arms), (), generator=g))]
+            else:
+                def priority(i: int) -> tuple[bool, float]:
+                    pr = problems[i]
+                    if not bool(pr.reached[0]):
+                        return False, -pr.norm()
+                    gain = float(pr.first_norm[0] - pr.best_norm[0]) / (int(pr.improvements[0]) + pr.step / 2)
+                    return True, gain + beta / max(pr.norm(), 1e-12)
+                arm = max(open_arms, key=priority)
+            problems[arm].run(net, self.check_every)
+            pulls.append(arm)
 
 
 # --------------------------------------------------------------------------- mitigations

@@ -1,0 +1,172 @@
+"""ABS and Neural Cleanse's K-Arm schedule on real small MNIST models (one BadNets, one clean, trained here
+for one epoch on a subset), their pure functions, and their one-line errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backdoor_arena.data.dataset import Dataset, DatasetInfo
+from backdoor_arena.defenses.abs import ABS, bounded, candidate_neurons, elevation_margins, stimulated
+from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, prescreen_arms
+from backdoor_arena.errors import ArenaError, ConfigError
+
+TARGET = 7
+# small enough for one core: 60 optimisation steps per label, 300 clean images
+NC = {"steps": 60, "n_samples": 300, "check_every": 5, "patience": 2, "batch_size": 32}
+ABS_FAST = {"steps": 40, "n_seed": 40, "n_holdout": 300}
+
+
+@pytest.fixture(scope="module")
+def mnist_models(tmp_path_factory, data_root):
+    """(BadNets model, clean model, defender's clean set): two epochs on 8,000 MNIST training images each
+    (one epoch left the BadNets model at 5% attack success: no backdoor to find)."""
+    from backdoor_arena.api import train_model
+    from backdoor_arena.attacks import make_attack
+    from backdoor_arena.data import load_dataset
+    from backdoor_arena.modelfile import load_model
+    from backdoor_arena.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("abs-karm")
+    full = load_dataset("mnist", "train", data_root)
+    train = full.subset(torch.arange(8000))
+    test = load_dataset("mnist", "test", data_root).subset(torch.arange(1000))
+    atk = make_attack("badnets", num_classes=10, channels=1, image_size=28, target=TARGET, poison_rate=0.1)
+    poisoned = atk.poison(train, torch.Generator().manual_seed(0))
+    cfg = TrainConfig(epochs=2, batch_size=32, progress=False)
+    bad = train_model("badnet-mnist", poisoned.dataset, test, cfg, out / "bad.safetensors", atk, "t")
+    good = train_model("badnet-mnist", train, test, cfg, out / "clean.safetensors", None, "t")
+    clean = full.subset(torch.arange(50000, 50600))  # never trained on
+    return load_model(bad.path).model, load_model(good.path).model, clean
+
+
+# --------------------------------------------------------------------------- ABS
+def test_stimulated_overwrites_one_channel_per_row():
+    act = torch.rand(2, 3, 4, 4)
+    out = stimulated(act, torch.tensor([0, 2]), torch.tensor([5.0, 7.0])).view(2, 2, 2, 3, 4, 4)
+    assert torch.all(out[1, 0, :, 2] == 5.0) and torch.all(out[0, 1, :, 0] == 7.0)
+    assert torch.equal(out[1, 1, :, :2], act[:, :2]) and torch.equal(out[0, 0, :, 1:], act[:, 1:])
+
+
+def test_elevation_picks_the_label_a_neuron_drives():
+    base = torch.zeros(4, 3)
+    stim = torch.zeros(2, 2, 4, 3)
+    stim[0, 1, :, 2] = 5.0  # neuron 0 at its second value lifts label 2 on every image
+    stim[1, 0, :, 1] = torch.tensor([1.0, 3.0, 1.0, 3.0])
+    stim[1, 0, :2, 0] = 2.0  # neuron 1: label 0 wins on images 0, label 1 on 1 and 3
+    top, margin = elevation_margins(stim, base)
+    assert top[0].tolist() == [2, 2, 2, 2] and torch.allclose(margin[0], torch.full((4,), 5.0))
+    label, fraction, value, ok = candidate_neurons(top, margin, torch.tensor([0, 1, 2, 2]), consistency=0.9)
+    assert label[0] == 2 and fraction[0] == 1 and ok.tolist() == [True, False]
+    assert value[0] == 5.0 and value[1] == -float("inf")
+
+
+def test_bounded_keeps_the_largest_pixels():
+    m = torch.arange(16.0).view(1, 1, 4, 4) / 16
+    out = bounded(m, 3)
+    assert (out > 0).sum() == 3 and out.flatten()[-3:].tolist() == m.flatten()[-3:].tolist()
+
+
+def test_abs_flags_the_badnets_model_and_not_the_clean_one(mnist_models):
+    bad, good, clean = mnist_models
+    v_bad = ABS(**ABS_FAST).inspect(bad, clean)
+    v_good = ABS(**ABS_FAST).inspect(good, clean)
+    assert v_bad.flagged and v_bad.suspected_target == TARGET, v_bad.details
+    assert TARGET in v_bad.details["candidate_labels"]
+    assert not v_good.flagged and v_good.score < v_bad.score, v_good.details
+    # the detect command's figure layout: a trigger per label, the suspect's mask within the bound
+    masks = v_bad.artefacts["masks"]
+    assert masks.shape == (10, 1, 28, 28) and (masks[TARGET] > 0).sum() <= round(0.06 * 28 * 28)
+    assert len(v_bad.details["norms"]) == 10
+
+
+def test_abs_filter_variant_runs_and_reports_kernels(mnist_models):
+    bad, _, clean = mnist_models
+    v = ABS(trigger="filter", top_neurons=1, **{**ABS_FAST, "steps": 15}).inspect(bad, clean)
+    assert 0 <= v.score <= 1 and v.artefacts["kernels"].shape[1:] == (1, 1, 3, 3)
+
+
+def test_abs_is_deterministic_and_leaves_the_model_alone(mnist_models):
+    bad, _, clean = mnist_models
+    state = {k: v.clone() for k, v in bad.state_dict().items()}
+    params = {**ABS_FAST, "steps": 5, "top_neurons": 2}
+    a, b = ABS(**params).inspect(bad, clean), ABS(**params).inspect(bad, clean)
+    assert a.score == b.score and a.details["candidate_neurons"] == b.details["candidate_neurons"]
+    assert all(torch.equal(state[k], v) for k, v in bad.state_dict().items())
+
+
+def test_abs_bad_input_is_one_line(mnist_models):
+    bad, _, clean = mnist_models
+    errors = []
+    with pytest.raises(ConfigError, match="n_seed") as e:
+        ABS(n_seed=50).inspect(bad, clean.subset(torch.arange(30)))
+    errors.append(e)
+    rgb = Dataset(DatasetInfo("rgb", 10, (3, 32, 32), tuple("abcdefghij"), (0.5,) * 3, (0.5,) * 3),
+                  torch.zeros(80, 3, 32, 32, dtype=torch.uint8), torch.arange(80) % 10)
+    with pytest.raises(ArenaError, match="clean set") as e:
+        ABS().inspect(bad, rgb)
+    errors.append(e)
+    with pytest.raises(ArenaError, match="no module") as e:
+        ABS(layer="features.99", **ABS_FAST).inspect(bad, clean)
+    errors.append(e)
+    for bad_params, word in (({"consistency": 0}, "consistency"), ({"stimulation": [-1]}, "stimulation"),
+                             ({"trigger": "warp"}, "trigger")):
+        with pytest.raises(ConfigError, match=word) as e:
+            ABS(**bad_params)
+        errors.append(e)
+    assert all("\n" not in str(e.value) for e in errors)
+
+
+# --------------------------------------------------------------------------- K-Arm
+def test_prescreen_finds_global_and_label_specific_arms():
+    probs = torch.tensor([[0.6, 0.1, 0.3], [0.1, 0.6, 0.3], [0.3, 0.1, 0.6]])
+    assert prescreen_arms(probs, 2, 2) == [(2, None)]  # label 2 in every other image's top 2: the one arm
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.1, 0.6, 0.3], [0.3, 0.1, 0.6]])
+    # the images predicted 0 all rank 1 second (summed probability 0.6), the one predicted 1 ranks 2 second
+    assert prescreen_arms(probs, 2, 2) == [(1, [0]), (2, [1])]
+    # no label-specific candidate at top-1: filled up with global arms
+    assert [v for _, v in prescreen_arms(torch.eye(4), 1, 3)] == [None, None, None]
+
+
+def test_karm_reaches_neural_cleanse_target_with_fewer_steps(mnist_models):
+    bad, _, clean = mnist_models
+    full = NeuralCleanse(**NC).inspect(bad, clean)
+    karm = NeuralCleanse(schedule="k-arm", **NC).inspect(bad, clean)
+    assert full.flagged and full.suspected_target == TARGET, full.details
+    assert karm.flagged and karm.suspected_target == TARGET, karm.details
+    # Neural Cleanse: every label, all steps; K-Arm: under a third of that, symmetric check included
+    assert karm.details["total_steps"] < 10 * NC["steps"] / 3
+    assert karm.details["symmetric_ratio"] > karm.threshold and karm.details["statistic"] == "symmetric-ratio"
+    # the target's arm is the very problem Neural Cleanse solves for that label: the same mask
+    assert karm.details["norms"][TARGET] == pytest.approx(full.details["norms"][TARGET], rel=1e-4)
+
+
+def test_karm_clears_the_clean_model(mnist_models):
+    _, good, clean = mnist_models
+    v = NeuralCleanse(schedule="k-arm", **NC).inspect(good, clean)
+    assert not v.flagged, v.details
+
+
+def test_karm_with_every_label_finishing_is_neural_cleanse(mnist_models):
+    bad, _, clean = mnist_models
+    params = {**NC, "steps": 10}
+    full = NeuralCleanse(**params).inspect(bad, clean)
+    # top_k = all labels: every label is a global arm; finish_all: every arm runs all its steps
+    karm = NeuralCleanse(schedule="k-arm", top_k=10, arms=10, finish_all=True, **params).inspect(bad, clean)
+    assert karm.details["statistic"] == "anomaly-index" and len(karm.details["finished"]) == 10
+    assert karm.score == pytest.approx(full.score, rel=1e-4)
+    assert karm.details["norms"] == pytest.approx(full.details["norms"], rel=1e-4)
+
+
+def test_karm_bad_input_is_one_line(mnist_models):
+    bad, _, clean = mnist_models
+    for params, word in (({"schedule": "bandit"}, "schedule"), ({"top_k": 0}, "top_k"), ({"arms": 0}, "arms"),
+                         ({"epsilon": -0.1}, "epsilon")):
+        with pytest.raises(ConfigError, match=word) as e:
+            NeuralCleanse(**params)
+        assert "\n" not in str(e.value)
+    wrong = Dataset(DatasetInfo("other", 3, (1, 28, 28), ("a", "b", "c"), (0.5,), (0.5,)),
+                    torch.zeros(60, 1, 28, 28, dtype=torch.uint8), torch.arange(60) % 3)
+    with pytest.raises(ArenaError, match="clean set") as e:
+        NeuralCleanse(schedule="k-arm", **NC).inspect(bad, wrong)
+    assert "\n" not in str(e.value)
