@@ -335,3 +335,44 @@ class PruningAwareSpec(Strict):
     fraction_pruned: Fraction | None = None
     restored_max_clean_activation: float | None = None
     wall_time_s: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class _AdaptiveSpec(Strict):
+    wall_time_s: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class NCEvasiveSpec(_AdaptiveSpec):
+    """The `model_attack` entry of an nc-evasive attack spec (attacks/adaptive.py)."""
+
+    name: Literal["nc-evasive"]
+    weight: Annotated[float, Field(ge=0.0)]
+    refresh: SmallCount
+    reverse_steps: SmallCount
+    cost: Annotated[float, Field(ge=0.0)]
+    reverse_lr: Annotated[float, Field(gt=0.0)]
+    retrain: RetrainSpec | None = None
+    reversals: NonNegInt | None = None
+    last_reversed_l1: Annotated[float, Field(ge=0.0)] | None = None
+    trigger_l1: Annotated[float, Field(ge=0.0)] | None = None
+    unlearned: NonNegInt | None = None
+
+
+class STRIPEvasiveSpec(_AdaptiveSpec):
+    """The `model_attack` entry of a strip-evasive attack spec (attacks/adaptive.py)."""
+
+    name: Literal["strip-evasive"]
+    weight: Annotated[float, Field(ge=0.0)]
+    blend: Annotated[float, Field(ge=0.0, lt=1.0)]
+    retrain: RetrainSpec | None = None
+
+
+class TDCEvasiveSpec(_AdaptiveSpec):
+    """The `model_attack` entry of a tdc-evasive attack spec (attacks/adaptive.py)."""
+
+    name: Literal["tdc-evasive"]
+    trojan_batch: SmallCount
+    negatives: NonNegInt
+    logit_weight: Annotated[float, Field(ge=0.0)]
+    param_weight: Annotated[float, Field(ge=0.0)]
+    negative_sides: Annotated[list[SmallCount], Field(min_length=2, max_length=2)]
+    finetune: RetrainSpec | None = None

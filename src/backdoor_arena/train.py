@@ -124,14 +124,16 @@ def fit(
     description: str = "train",
     *,
     adapter: TrainAdapter | None = None,
+    extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
 ) -> TrainHistory:
     """Train `model` in place on `train_set`; `evaluate(model)` runs after every epoch.
 
     Batches are drawn from an explicit generator seeded by `config.seed`; dropout draws from torch's
     global generator, which is seeded for the duration of the call and restored afterwards. `adapter`
     changes how batches are drawn and steps taken (see `TrainAdapter`); without it, each epoch is one
-    pass over a seeded permutation in batches of `config.batch_size`. The process's thread count is the
-    caller's business (the verbs layer sets it once).
+    pass over a seeded permutation in batches of `config.batch_size`. `extra_loss(net, x, y, step)` is added
+    to every batch's cross-entropy (an adaptive attack's term against a defense). The process's thread count
+    is the caller's business (the verbs layer sets it once).
     """
     info = train_set.info
     with torch.no_grad():
@@ -179,6 +181,8 @@ def fit(
                         group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 logits = net(x)
                 loss = loss_fn(logits, y)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(net, x, y, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -9,6 +9,7 @@ with the pydantic schemas each class declares (`spec_schema`; schemas.py): one e
 """
 
 from . import stealthy  # noqa: F401 - registers wanet, sig, label-consistent, invisible, trojannn
+from .adaptive import NCEvasiveAttack, STRIPEvasiveAttack, TDCEvasiveAttack
 from .model_attack import ModelAttack, TrainFn
 from .poisoning import (
     ATTACKS,
@@ -26,6 +27,7 @@ from .pruning_aware import PruningAwareAttack
 from .registries import MODEL_ATTACKS
 
 __all__ = [
+    "NCEvasiveAttack", "STRIPEvasiveAttack", "TDCEvasiveAttack",
     "ATTACKS", "DATASET_PARAMS", "MODEL_ATTACKS", "SPEC_VERSION", "BadNets", "Blended", "ModelAttack", "Poisoned",
     "PoisoningAttack", "PruningAwareAttack", "TrainFn", "attack_from_spec", "load_attack_spec", "make_attack",
 ]
