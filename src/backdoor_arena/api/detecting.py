@@ -197,7 +197,10 @@ def scan(model_path: str | Path, out: str | Path, *, params: dict[str, dict[str,
     calib = Calibration.load(calibration) if calibration is not None else None
     out = check_folder_output(out, inputs=[model_path], overwrite=overwrite)
     with output_folder(out):
-        load_model(model_path)  # a bad model file is the caller's mistake, not a detector failure
+        # a bad model file, or a model that does not fit its dataset, is the caller's mistake: raised, not
+        # reported as every detector's failure
+        manifest = load_model(model_path).manifest
+        check_model_fits(manifest, load_dataset(manifest.dataset, "train", data_root))
         results: dict[str, DetectionResult] = {}
         failures: dict[str, dict[str, Any]] = {}
         for name in names:
