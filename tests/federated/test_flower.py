@@ -203,7 +203,8 @@ def test_flower_aggregates_equal_the_builtin_simulator(runs, name):
             assert torch.allclose(run.history[t]["updates"], rr.attack.updates, atol=tol * 0.1, rtol=tol)
         # the weights Flower's loop carried on with
         if t == ROUNDS:
-            assert torch.allclose(fl.flat_weights(strategy.latest, fed.model), w_after, atol=1e-5)
+            # the same tolerance as the later rounds above: the weights carry their rounding forward
+            assert torch.allclose(fl.flat_weights(strategy.latest, fed.model), w_after, atol=1e-4, rtol=1e-3)
 
 
 @needs_flwr

@@ -1,6 +1,8 @@
 """Behaviour unchanged by the round pipeline: `fl run configs/fl/quick.toml federation.engine="sequential"
 federation.rounds=6`, recorded before the architecture step (tests/golden/fl-quick-seq6.records.jsonl, under
-the old names main_accuracy / backdoor_accuracy), gives the same numbers bit for bit.
+the old names main_accuracy / backdoor_accuracy), gives the same numbers: the same clients and accuracies
+exactly, the norms to float rounding. (Bit for bit until client training moved to channels-last convolutions
+and one fused SGD step, which changed only the rounding: 6e-8 relative on the first round's median norm.)
 
 The golden run used 2 CPU threads (the CLI's default on the 2-core machine): float summation order depends on
 the thread count, so this test runs with exactly 2 threads and restores the caller's setting afterwards."""
@@ -43,5 +45,10 @@ def test_every_round_equals_the_golden_records(records):
     for g, r in zip(golden, records, strict=True):
         assert r["phase"] == g["phase"]
         for key in COMPARED:
-            if key in g:  # round 0 has no sampled clients nor aggregate
-                assert r[RENAMED.get(key, key)] == g[key], (g["round"], key)
+            if key not in g:  # round 0 has no sampled clients nor aggregate
+                continue
+            got = r[RENAMED.get(key, key)]
+            if g[key] is not None and ("norm" in key):
+                assert got == pytest.approx(g[key], rel=1e-4), (g["round"], key)
+            else:
+                assert got == g[key], (g["round"], key)

@@ -127,7 +127,7 @@ def test_bad_specs(tmp_path):
     with pytest.raises(ConfigError, match="target: a required key is missing"):
         attack_from_spec({k: v for k, v in spec.items() if k != "target"})
     with pytest.raises(ConfigError, match="unknown attack"):
-        attack_from_spec({**spec, "attack": "trojannn"})
+        attack_from_spec({**spec, "attack": "no-such-attack"})
     with pytest.raises(ConfigError, match="noise"):
         make_attack("blended", num_classes=4, channels=1, image_size=12, trigger="square")
     with pytest.raises(ConfigError, match="built for 4 classes"):

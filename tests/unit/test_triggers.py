@@ -106,7 +106,8 @@ def test_bad_trigger_arguments(tmp_path):
 
 
 def test_registry_lists_kinds():
-    assert set(TRIGGERS.names()) == {"pixel", "square", "pattern", "image", "blend", "hollow-square", "x"}
+    assert set(TRIGGERS.names()) == {"pixel", "square", "pattern", "image", "blend", "hollow-square", "x", "warp",
+                                     "sinusoid", "perturbation"}
 
 
 def test_a_new_trigger_kind_plugs_in_by_registration_alone():
