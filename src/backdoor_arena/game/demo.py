@@ -118,7 +118,7 @@ def wait_round(client: Any, round_name: str, phase_jobs: Any, timeout_s: float =
 
 
 def run_demo(data_dir: Path, port: int, exit_after: bool, echo: Any = print) -> str:
-    from .client import Client
+    from .client import Client, ServerError
     from .server import serve
     from .service import init_admin, open_game
     from .worker import wait_for_jobs
@@ -146,8 +146,9 @@ def run_demo(data_dir: Path, port: int, exit_after: bool, echo: Any = print) -> 
         for team, role in (("red", "attacker"), ("blue", "attacker"), ("green", "defender")):
             try:
                 admin.admin("POST", "/api/teams", json={"name": team, "role": role})
-            except Exception:  # noqa: BLE001 - a rerun in the same folder: the team exists
-                pass
+            except ServerError as exc:
+                if exc.status != 409:  # 409: a rerun in the same folder, the team exists already
+                    raise
             scopes = ["results:read", "attack:submit" if role == "attacker" else "defense:submit"]
             tokens[team] = admin.admin("POST", "/api/tokens", json={"team": team, "scopes": scopes})["token"]
         round_id = admin.admin("POST", "/api/rounds", content=toml)["name"]
