@@ -98,3 +98,11 @@ def test_shipped_demo_config_is_the_demo_round():
 
     shipped = load_round_config(Path(__file__).resolve().parents[2] / "configs" / "game" / "demo.toml")
     assert shipped == loads_round_config(DEMO_TOML)
+
+
+def test_a_rerun_of_the_demo_takes_the_next_free_round_name():
+    from backdoor_arena.game.demo import free_round_name
+
+    assert free_round_name("demo", set()) == "demo"
+    assert free_round_name("demo", {"demo"}) == "demo-2"
+    assert free_round_name("demo", {"demo", "demo-2", "other"}) == "demo-3"

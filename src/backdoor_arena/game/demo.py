@@ -117,6 +117,15 @@ def wait_round(client: Any, round_name: str, phase_jobs: Any, timeout_s: float =
     raise TimeoutError(f"round {round_name}: the worker did not finish in {timeout_s} s")
 
 
+def free_round_name(base: str, existing: set[str]) -> str:
+    """`base`, or on a rerun in the same folder the first `base-N` (N = 2, 3, ...) not taken yet."""
+    name, n = base, 1
+    while name in existing:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def run_demo(data_dir: Path, port: int, exit_after: bool, echo: Any = print) -> str:
     from .client import Client, ServerError
     from .server import serve
@@ -136,11 +145,7 @@ def run_demo(data_dir: Path, port: int, exit_after: bool, echo: Any = print) -> 
     try:
         admin = Client(url, admin_token)
         toml = DEMO_TOML
-        name = "demo"
-        existing = {r["name"] for r in admin.admin("GET", "/api/rounds")}
-        while name in existing:
-            name = f"demo-{len(existing) + 1}"
-            existing.add(name)
+        name = free_round_name("demo", {r["name"] for r in admin.admin("GET", "/api/rounds")})
         toml = toml.replace('name = "demo"', f'name = "{name}"', 1)
         tokens = {}
         for team, role in (("red", "attacker"), ("blue", "attacker"), ("green", "defender")):
