@@ -96,7 +96,7 @@ def test_zoo_plan_covers_every_family_and_both_optimisers():
     """The wider plan (no training): every family, both optimisers balanced, epochs over the range, positions
     including the centre, sizes up to 8, one target per model except all-to-all; seeded."""
     from backdoor_arena.api import ZooConfig, zoo_plan
-    from backdoor_arena.api.zoo import FAMILIES, OPTIMIZER_LR
+    from backdoor_arena.api.zoo import DEFAULT_FAMILIES, OPTIMIZER_LR
 
     config = ZooConfig(clean=20, backdoored=24, epochs=2, max_epochs=6, train_size=12_000, seed=3)
     plan = zoo_plan(config)
@@ -108,7 +108,7 @@ def test_zoo_plan_covers_every_family_and_both_optimisers():
     assert all(e["lr"] == OPTIMIZER_LR[e["optimizer"]] for e in plan)
     assert {e["epochs"] for e in plan} == {2, 3, 4, 5, 6}
     assert {e["family"] for e in clean} == {"clean"}
-    for fam in FAMILIES:  # 24 over 6 families: 4 each, two per optimiser
+    for fam in DEFAULT_FAMILIES:  # 24 over 6 families: 4 each, two per optimiser
         members = [e for e in bad if e["family"] == fam]
         assert len(members) == 4 and sorted(e["optimizer"] for e in members) == ["adam", "adam", "sgd", "sgd"]
     assert "center" in {e["position"] for e in bad} and max(e["size"] or 0 for e in bad) == 8

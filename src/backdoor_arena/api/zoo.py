@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..attacks import make_attack
+from ..attacks import MODEL_ATTACKS, make_attack
 from ..data import dataset_info, load_dataset
 from ..defenses import MODEL_DETECTORS, clean_holdout
 from ..detection_metrics import auroc, auroc_bootstrap_ci, tpr_at_fpr, wilson_interval
@@ -53,14 +53,23 @@ from ..schemas import NAMED_POSITIONS, TruthRecord, loads_json, validate
 from ..sweep import Executor, Job, JobContext, run_sweep, sweep_job
 from ..train import OPTIMIZERS, TrainConfig
 from .outputs import check_folder_output
-from .training import train_model
+from .training import defender_clean_set, train_model
 
 # Learning rates per optimiser (both with the cosine schedule, batch 64): the project's SGD setting, and
 # Adam's usual 1e-3 (badnet-mnist reaches ~97% test accuracy in 2 epochs on 15,000 images with either).
 OPTIMIZER_LR = {"sgd": 0.05, "adam": 1e-3}
 # Attack families: a trigger kind in the all-to-one mode, or a label-map mode (with a patch trigger).
-FAMILIES = ("square", "pattern", "pixel", "blended", "all-to-all", "source-specific")
+DEFAULT_FAMILIES = ("square", "pattern", "pixel", "blended", "all-to-all", "source-specific")
+# Families a zoo may also name: more patch shapes, the stealthy attacks at settings that MNIST models learn in
+# a few epochs (docs/attacks.md), and the adaptive attacks of attacks/adaptive.py around a data poisoning.
+EXTRA_FAMILIES = ("hollow-square", "x", "wanet", "invisible", "nc-evasive", "strip-evasive", "tdc-evasive")
+FAMILIES = DEFAULT_FAMILIES + EXTRA_FAMILIES
 PATCH_TRIGGERS = ("square", "pattern")
+OUTLINE_TRIGGERS = ("hollow-square", "x")
+WANET_STRENGTHS = (4.0, 6.0)  # the official 0.5 is not learned by MNIST models in a few epochs (docs/attacks.md)
+INVISIBLE_EPSILONS = (16 / 255, 32 / 255)  # 8/255 was not learned in 2 epochs on 12,000 images (zoo trial)
+# The adaptive attacks and the data poisoning inside each (NC and STRIP evasion pair with a large trigger)
+EVASIVE_POISONING = {"nc-evasive": "blended", "strip-evasive": "blended", "tdc-evasive": "badnets"}
 SIZES = (3, 4, 5, 6, 8)
 POSITIONS = NAMED_POSITIONS  # the four corners, bottom-center and center
 PIXEL_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left")  # one white pixel on a stroke is no trigger
@@ -89,7 +98,10 @@ class ZooConfig:
     clean_fraction: float = 0.05  # the defenders' hold-out, excluded from training
     max_epochs: int | None = None  # epochs drawn per model, uniform in [epochs, max_epochs]
     optimizers: tuple[str, ...] = ("sgd", "adam")  # balanced over the clean models and within each family
-    families: tuple[str, ...] = FAMILIES  # the backdoored models cycle over these
+    families: tuple[str, ...] = DEFAULT_FAMILIES  # the backdoored models cycle over these (any of FAMILIES)
+    # seed of the defenders' hold-out (None: `seed`); zoos that share it share their defenders' clean set, so
+    # detectors that learn from it (MNTD) score models of several zoos alike
+    holdout_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("clean", "backdoored"):
@@ -106,6 +118,9 @@ class ZooConfig:
                               f"{self.max_epochs!r}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 100):
             raise ConfigError(f"train_size must be an integer >= 100 (or None for all), got {self.train_size!r}")
+        if self.holdout_seed is not None and (not isinstance(self.holdout_seed, int) or isinstance(self.holdout_seed, bool)
+                                              or self.holdout_seed < 0):
+            raise ConfigError(f"holdout_seed must be a non-negative integer or None, got {self.holdout_seed!r}")
         if not 0 < self.clean_fraction < 1:
             raise ConfigError(f"clean_fraction must be in (0, 1), got {self.clean_fraction!r}")
         for name, allowed in (("optimizers", OPTIMIZERS), ("families", FAMILIES)):
@@ -174,6 +189,8 @@ def _attack_entry(family: str, num_classes: int, seed: int, pick: Any, g: torch.
         e.update(trigger="pixel", position=pick(PIXEL_POSITIONS))
     elif family == "blended":
         e.update(attack="blended", trigger="blend", alpha=pick(BLEND_ALPHAS))
+    elif family in EXTRA_FAMILIES:  # new keys only for new families: older zoos' plans stay as they were
+        e.update(_extra_entry(family, pick))
     else:  # a label-map mode with a patch trigger
         e.update(mode=family, trigger=pick(PATCH_TRIGGERS), size=pick(SIZES), position=pick(POSITIONS))
         if family == "all-to-all":
@@ -186,17 +203,37 @@ def _attack_entry(family: str, num_classes: int, seed: int, pick: Any, g: torch.
     return e
 
 
+def _extra_entry(family: str, pick: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"trigger_options": {}, "attack_params": {}, "model_attack": None}
+    if family in OUTLINE_TRIGGERS:
+        e.update(trigger=family, size=pick(SIZES), position=pick(POSITIONS))
+    elif family == "wanet":
+        e.update(attack="wanet", trigger="warp", trigger_options={"strength": pick(WANET_STRENGTHS)},
+                 attack_params={"cross_ratio": 0.0})
+    elif family == "invisible":
+        e.update(attack="invisible", trigger="perturbation", trigger_options={"epsilon": pick(INVISIBLE_EPSILONS)})
+    else:  # an adaptive attack around a data poisoning
+        e["model_attack"] = family
+        if EVASIVE_POISONING[family] == "blended":
+            e.update(attack="blended", trigger="blend", alpha=pick(BLEND_ALPHAS))
+        else:
+            e.update(trigger="pattern", size=pick(SIZES), position=pick(POSITIONS))
+    return e
+
+
 def _make_attack(entry: dict[str, Any], info: Any) -> Any:
-    options: dict[str, Any] = {}
-    if entry["trigger"] in PATCH_TRIGGERS:
+    options: dict[str, Any] = dict(entry.get("trigger_options") or {})
+    if entry["trigger"] in PATCH_TRIGGERS + OUTLINE_TRIGGERS:
         options = {"size": entry["size"], "position": entry["position"]}
     elif entry["trigger"] == "pixel":
         options = {"position": entry["position"]}
     elif entry["trigger"] == "blend":
         options = {"alpha": entry["alpha"], "seed": entry["seed"]}
+    elif entry["trigger"] in ("warp", "perturbation"):
+        options["seed"] = entry["seed"]
     return make_attack(entry["attack"], num_classes=info.num_classes, channels=info.input_shape[0],
                        image_size=info.input_shape[1], trigger=None if entry["attack"] == "blended" else entry["trigger"],
-                       trigger_options=options, target=entry["target"] if entry["target"] is not None else 0,
+                       trigger_options=options, **dict(entry.get("attack_params") or {}), target=entry["target"] if entry["target"] is not None else 0,
                        mode=entry["mode"], sources=tuple(entry["sources"]), poison_rate=entry["poison_rate"],
                        cover_rate=entry["cover_rate"], seed=entry["seed"])
 
@@ -216,6 +253,13 @@ def _zoo_data(dataset: str, clean_fraction: float, seed: int, data_root: str | N
     return _ZOO_DATA[key]
 
 
+def _train_split(dataset: str, data_root: str | None) -> Any:
+    key = ("train", dataset, data_root)
+    if key not in _ZOO_DATA:
+        _ZOO_DATA[key] = load_dataset(dataset, "train", data_root)
+    return _ZOO_DATA[key]
+
+
 def _defender_holdout(dataset: str, clean_fraction: float, seed: int, data_root: str | None) -> Any:
     key = ("holdout", dataset, clean_fraction, seed, data_root)
     if key not in _ZOO_DATA:
@@ -228,20 +272,28 @@ def train_zoo_model(ctx: JobContext) -> dict[str, Any]:
     """Sweep job: train one model of a zoo plan into ZOO/models/, its attack spec into ZOO/specs/."""
     cfg, entry = ctx.config["zoo"], ctx.config["entry"]
     out = Path(ctx.paths["zoo"])
-    rest, test = _zoo_data(cfg["dataset"], cfg["clean_fraction"], cfg["seed"], ctx.paths.get("data_root"))
+    hseed = cfg.get("holdout_seed", cfg["seed"])
+    rest, test = _zoo_data(cfg["dataset"], cfg["clean_fraction"], hseed, ctx.paths.get("data_root"))
     train_config = TrainConfig(epochs=entry["epochs"], optimizer=entry["optimizer"], lr=entry["lr"],
                                seed=entry["seed"], progress=False)
     train_set = rest
     if cfg["train_size"] is not None and cfg["train_size"] < len(rest):  # each model its own subset
         order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(entry["subset_seed"]))
         train_set = rest.subset(order[: cfg["train_size"]].sort().values)
-    atk = None
+    atk, train_fn = None, None
     if entry["backdoored"]:
         atk = _make_attack(entry, dataset_info(cfg["dataset"]))
-        train_set = atk.poison(train_set, torch.Generator().manual_seed(entry["seed"])).dataset
+        if entry.get("model_attack"):  # an adaptive attack poisons inside its own training loop
+            train_fn = MODEL_ATTACKS.create(entry["model_attack"], poisoning=atk).trainer(
+                cfg["architecture"], train_set, train_config)
+        else:
+            train_set = atk.poison(train_set, torch.Generator().manual_seed(entry["seed"])).dataset
     ctx.log(f"training {entry['name']} on {len(train_set)} images for {entry['epochs']} epoch(s), {entry['optimizer']}")
+    # the manifest names the hold-out the model never saw, so that scans draw the defender's clean set from it
+    held = len(_defender_holdout(cfg["dataset"], cfg["clean_fraction"], hseed, ctx.paths.get("data_root")))
+    holdout = {"fraction": cfg["clean_fraction"], "seed": hseed, "split": "train", "n": held}
     r = train_model(cfg["architecture"], train_set, test, train_config, out / "models" / f"{entry['name']}.safetensors",
-                    atk, entry["name"])
+                    atk, entry["name"], train_fn, holdout=holdout)
     if r.spec_path is not None:
         shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
     ctx.run.update(train_time_s=r.manifest.training["wall_time_s"], **describe_device(torch.device(ctx.config["device"])))
@@ -287,6 +339,9 @@ def _prepare_build(out: Path, config: ZooConfig, data_root: str | Path | None,
                                   "choose a new folder")
     zoo = {"dataset": config.dataset, "architecture": config.architecture, "train_size": config.train_size,
            "clean_fraction": config.clean_fraction, "seed": config.seed}
+    hseed = config.seed if config.holdout_seed is None else config.holdout_seed
+    if config.holdout_seed is not None:  # (absent otherwise: older zoos' job ids stay as they were)
+        zoo["holdout_seed"] = config.holdout_seed
     paths = {"zoo": str(out.resolve())} | ({"data_root": str(Path(data_root).resolve())} if data_root else {})
     jobs = []
     for entry in plan:
@@ -299,7 +354,7 @@ def _prepare_build(out: Path, config: ZooConfig, data_root: str | Path | None,
             (out / "specs" / "sweep" / "records" / f"{job.id}.json").unlink(missing_ok=True)
         jobs.append(job)
     if jobs:  # the data is there (one error now rather than one per job); in-process jobs reuse it
-        _zoo_data(config.dataset, config.clean_fraction, config.seed, paths.get("data_root"))
+        _zoo_data(config.dataset, config.clean_fraction, hseed, paths.get("data_root"))
     return jobs, done
 
 
@@ -363,7 +418,9 @@ def detect_zoo_model(ctx: JobContext) -> dict[str, Any]:
     loaded = load_model(Path(ctx.paths["zoo"]) / "models" / f"{cfg['model']}.safetensors")
     if loaded.manifest.tensors_sha256 != cfg["model_sha256"]:
         raise ModelFileError(f"zoo model {cfg['model']} changed since the evaluation started; run it again")
-    held = _defender_holdout(loaded.manifest.dataset, cfg["clean_fraction"], cfg["seed"], ctx.paths.get("data_root"))
+    # the slice the model never saw, as its manifest records it (zoos built before that record: the seeded slice)
+    held, _ = defender_clean_set(loaded.manifest, _train_split(loaded.manifest.dataset, ctx.paths.get("data_root")),
+                                 cfg["clean_fraction"], cfg["seed"])
     det = MODEL_DETECTORS.create(cfg["detector"], **cfg["params"])
     started = time.perf_counter()
     verdict = det.inspect(loaded.model, held)

@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
                   model: Annotated[str, typer.Option(help="Architecture id.")] = "badnet-mnist",
                   epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 2,
                   train_size: Annotated[int | None, typer.Option(help="Train on a seeded subset this large.")] = None,
+                  max_epochs: Annotated[int | None, typer.Option(
+                      help="Draw each model's epochs uniformly from --epochs to this.")] = None,
+                  families: Annotated[str | None, typer.Option(
+                      help="Comma-separated attack families the backdoored models cycle over (default: "
+                           f"{','.join(api.zoo.DEFAULT_FAMILIES)}; also {','.join(api.zoo.EXTRA_FAMILIES)}).")] = None,
                   threads: Annotated[int | None, typer.Option(
                       help="CPU threads in all (default: $BACKDOOR_ARENA_THREADS, else all cores); split among "
                            "--jobs workers.")] = None,
@@ -57,7 +62,9 @@ def register(app: typer.Typer) -> None:
             api.set_threads(threads)
         records = api.build_zoo(out, api.ZooConfig(dataset=dataset, architecture=model, clean=clean,
                                                    backdoored=backdoored, epochs=epochs, train_size=train_size,
-                                                   seed=seed),
+                                                   seed=seed, max_epochs=max_epochs,
+                                                   **({"families": tuple(f.strip() for f in families.split(","))}
+                                                      if families else {})),
                                 data_root=data_root, progress=not quiet, executor=ex, device=device)
         typer.echo(f"wrote {len(records)} models to {out / 'models'} (attack specs and truth in {out / 'specs'})")
 
