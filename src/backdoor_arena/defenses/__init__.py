@@ -37,4 +37,4 @@ __all__ = [
 ]
 
 # Enrol every defense: importing a module registers its plugins (after the registries above exist).
-from . import abs, activation_clustering, dp, finetuning, mntd, neural_cleanse, pruning, rab, sentinet, spectral, strip  # noqa: E402,F401
+from . import abs, activation_clustering, dp, finetuning, k_arm, mntd, neural_cleanse, pruning, rab, sentinet, spectral, strip  # noqa: E402,F401,I001
