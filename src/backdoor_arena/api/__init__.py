@@ -12,6 +12,7 @@ Thread settings are the caller's: `api.set_threads(n)` once per process (the CLI
 
 from ..runtime import set_threads
 from ..sweep import Executor, Job, SweepError, run_sweep  # noqa: F401  (sweeps: api.Executor for --executor)
+from .benchmark import BenchmarkConfig, benchmark, render_leaderboard  # noqa: F401  (the leaderboard)
 from .compiled import compile_attack, export, keygen, load_onnx_model, load_onnx_torch, run_onnx, verify
 from .defending import compare_defenses, defend, make_defense, make_monitor
 from .demo import DemoResult, demo

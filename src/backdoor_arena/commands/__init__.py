@@ -2,4 +2,4 @@
 commands to the `backdoor-arena` Typer app; `cli.build_app()` calls every module listed in COMMAND_MODULES.
 Modules here parse arguments and print; they import only `backdoor_arena.api` and `backdoor_arena.registries`."""
 
-COMMAND_MODULES: tuple[str, ...] = ("models", "defend", "detect", "zoo", "fl", "compiled", "game", "transfer")
+COMMAND_MODULES: tuple[str, ...] = ("models", "defend", "detect", "zoo", "fl", "compiled", "game", "transfer", "benchmark")

@@ -1,0 +1,67 @@
+"""`benchmark`: every registered attack against every registered mitigation and detector, resumable, with the
+leaderboard rendered from its records; a plugin appears in it with nothing beyond its registration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backdoor_arena import api
+from backdoor_arena.api.benchmark import BenchmarkConfig, read_records, render_leaderboard
+
+
+@pytest.fixture()
+def toys():
+    """The toy attack and detector of tests/toy_plugins, registered for one test only."""
+    import tests.toy_plugins as toy_plugins
+    from backdoor_arena.registries import ATTACKS, MODEL_DETECTORS
+
+    toy_plugins.unregister_all()  # (imported for the first time just now: registered already)
+    with ATTACKS.temporarily("toy-corner", toy_plugins.toy_attack.ToyCorner), \
+            MODEL_DETECTORS.temporarily("toy-logit-gap", toy_plugins.toy_detector.LogitGap):
+        yield
+
+
+def test_new_plugins_join_the_benchmark_by_registration_alone(toys):
+    lists = BenchmarkConfig().resolved()
+    assert "toy-corner" in lists["attacks"] and "toy-logit-gap" in lists["model_detectors"]
+    assert {"pruning-aware", "nc-evasive", "badnets", "wanet"} <= set(lists["attacks"])
+    assert {"fine-pruning", "nc-unlearning"} <= set(lists["mitigations"])
+    assert "strip" in lists["input_detectors"] and "spectral" in lists["data_filters"]
+
+
+@pytest.mark.parametrize("bad, match", [({"datasets": ("mnist", "svhn")}, "datasets"), ({"seeds": (0, 0)}, "seeds"),
+                                        ({"attacks": ("badnet",)}, "attacks"), ({"epochs": 0}, "epochs"),
+                                        ({"detectors": ("nc",)}, "detectors"), ({"train_size": 5}, "train_size")])
+def test_bad_configs_are_one_line_errors(bad, match):
+    with pytest.raises(api.ConfigError, match=match):
+        BenchmarkConfig(**bad)
+
+
+def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
+    config = BenchmarkConfig(datasets=("mnist",), seeds=(0,), attacks=("toy-corner",), mitigations=("fine-tuning",),
+                             detectors=("toy-logit-gap", "strip"), train_size=1500, epochs=1, quick=True)
+    s = api.benchmark(tmp_path / "run", config, data_root=data_root, progress=False, docs=tmp_path / "docs")
+    assert (s["models"], s["defenses"], s["detections"], s["failures"]) == (2, 1, 3, [])
+    records = read_records(tmp_path / "run" / "records.jsonl")
+    models = {r["attack"]: r for r in records if r.get("row") == "model"}
+    assert set(models) == {"clean", "toy-corner"} and models["clean"]["attack_success_rate"] is None
+    assert 0 <= models["toy-corner"]["attack_success_rate"] <= 1
+    (repair,) = [r for r in records if r.get("row") == "defense"]
+    assert repair["defense"] == "fine-tuning" and repair["attack"] == "toy-corner"
+    det = {(r["attack"], r["detector"]) for r in records if r.get("row") == "detection"}
+    assert det == {("clean", "toy-logit-gap"), ("toy-corner", "toy-logit-gap"), ("toy-corner", "strip")}
+    page = (tmp_path / "run" / "leaderboard.md").read_text()
+    assert "`toy-corner`" in page and "after `fine-tuning`" in page and "`strip`" in page
+    assert page == render_leaderboard(records)  # the page is its records' rendering
+    assert (tmp_path / "docs" / "leaderboard.md").read_text() == page
+    assert (tmp_path / "docs" / "figures" / "leaderboard-mnist-auroc.png").stat().st_size > 1000
+    # run again: every job is kept, nothing retrains, the records are the same apart from wall times
+    stamp = (tmp_path / "run" / "models" / "mnist-clean-s0.safetensors").stat().st_mtime_ns
+    again = api.benchmark(tmp_path / "run", config, data_root=data_root, progress=False)
+    assert (tmp_path / "run" / "models" / "mnist-clean-s0.safetensors").stat().st_mtime_ns == stamp
+    strip = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(tmp_path / "run" / "records.jsonl")]
+    assert strip[1:] == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records][1:]
+    assert again["failures"] == []
+    json.dumps(records, allow_nan=False)
