@@ -3,8 +3,9 @@
     BACKDOOR_ARENA_DATA=../shared/data .venv/bin/python docs/experiments/adaptive_matrix.py --root runs/adaptive
     .venv/bin/python docs/tables.py                      # re-render docs/attacks.md's block from the records
 
-1. One zoo (`api.build_zoo`, badnet-mnist, SGD and Adam, 2-3 epochs on 12,000-image subsets, the defenders' 5%
-   hold-out never trained on): 10 clean models and 10 backdoored ones per family:
+1. One zoo (`api.build_zoo`, badnet-mnist, SGD and Adam, 2-3 epochs on 6,000-image subsets, the defenders' 5%
+   hold-out (seed 0) never trained on) of 10 backdoored models per family; the clean models are the 20 of the
+   held-out zoo (heldout_zoo.py: the same training settings and hold-out, scanned with the same detectors):
    - `pattern` (plain BadNets, checkerboard 3-8 px) and `blended` (plain blended injection, alpha 0.1 or 0.2): the
      baselines;
    - `nc-evasive` and `strip-evasive` (attacks/adaptive.py around a blended poisoning), `tdc-evasive` (around a
@@ -37,8 +38,8 @@ FAMILIES = ("pattern", "blended", "nc-evasive", "strip-evasive", "tdc-evasive")
 # which defense each adaptive attack targets, and the plain attack it is compared with
 TARGETS = {"nc-evasive": ("neural-cleanse", "blended"), "strip-evasive": ("strip", "blended"),
            "tdc-evasive": ("mntd", "pattern")}
-ZOO = {"dataset": "mnist", "architecture": "badnet-mnist", "clean": 10, "backdoored": 50, "epochs": 2, "max_epochs": 3,
-       "train_size": 12000, "seed": 16, "holdout_seed": 0, "families": FAMILIES}
+ZOO = {"dataset": "mnist", "architecture": "badnet-mnist", "clean": 0, "backdoored": 50, "epochs": 2, "max_epochs": 3,
+       "train_size": 6000, "seed": 16, "holdout_seed": 0, "families": FAMILIES}
 N_STRIP, N_BOOT, LEVEL = 500, 2000, 0.95
 
 
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
     zoo = root / "zoo"
     print(f"[{time.strftime('%H:%M:%S')}] zoo", flush=True)
     api.build_zoo(zoo, api.ZooConfig(**ZOO), progress=False, executor=executor)
+    if args.build_only:
+        return
     params = heldout_zoo.params(Path(args.shadows_root))
     heldout_zoo._train_shadows(params["mntd"], zoo)
     print(f"[{time.strftime('%H:%M:%S')}] model detectors", flush=True)
@@ -63,6 +66,16 @@ def run(args: argparse.Namespace) -> None:
                  executor=executor)
     rows = [json.loads(line) for line in (root / "scan" / "scores.jsonl").read_text().splitlines() if line]
     truth = {r["name"]: r for r in api.read_truth(zoo)}
+    plan = {e["name"]: e for e in api.zoo_plan(api.ZooConfig(**ZOO))}
+    # the clean side: the held-out zoo's clean models, scanned there with the same detectors and clean set
+    heldout = Path(args.shadows_root)
+    clean_truth = {f"heldout/{r['name']}": r for r in api.read_truth(heldout / "evaluation") if not r["backdoored"]}
+    for line in (heldout / "scan" / "scores.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if not r["backdoored"] and r["detector"] in MODEL_DEFENSES:
+            rows.append({**r, "name": f"heldout/{r['name']}"})
+    truth.update(clean_truth)
+    plan.update({k: {**v, "seed": v["seed"]} for k, v in clean_truth.items()})
     print(f"[{time.strftime('%H:%M:%S')}] STRIP", flush=True)
     for name, t in sorted(truth.items()):
         if not t["backdoored"]:
@@ -76,7 +89,6 @@ def run(args: argparse.Namespace) -> None:
     command = ("BACKDOOR_ARENA_DATA=../shared/data .venv/bin/python docs/experiments/adaptive_matrix.py --root "
                f"{args.root} --shadows-root {args.shadows_root} --executor {args.executor}"
                + (f" --jobs {args.jobs}" if args.jobs else ""))
-    plan = {e["name"]: e for e in api.zoo_plan(api.ZooConfig(**ZOO))}
     records = []
     for r in rows:
         t, entry = truth[r["name"]], plan[r["name"]]
@@ -166,7 +178,7 @@ def render_matrix(records: list[dict[str, Any]]) -> str:
                      f"({'lower, intervals disjoint' if disjoint else 'lower' if a['auroc'] < b['auroc'] else 'not lower'}"
                      f"{'' if disjoint or a['auroc'] >= b['auroc'] else ', intervals overlap'}).")
     lines.append("")
-    lines.append(f"Scope: {len(clean)} clean badnet-mnist models and 10 backdoored per family (zoo seed {cfg['zoo']['seed']},"
+    lines.append(f"Scope: {len(clean)} clean badnet-mnist models (the held-out zoo's) and 10 backdoored per family (zoo seed {cfg['zoo']['seed']},"
                  f" SGD and Adam, {cfg['zoo']['epochs']}-{cfg['zoo']['max_epochs']} epochs on "
                  f"{cfg['zoo']['train_size']:,}-image subsets, one seed per model). Model detectors: AUROC of the family's "
                  "models against the clean ones (stratified bootstrap 95% interval, 2,000 replicates). STRIP: per model, the "
@@ -192,7 +204,7 @@ def draw(records: list[dict[str, Any]]) -> None:
     for i, row in enumerate(data):
         for j, v in enumerate(row):
             ax.text(j, i, "n/a" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title("detection AUROC (model detectors: vs 10 clean models; STRIP: inputs)", fontsize=8)
+    ax.set_title("detection AUROC (model detectors: vs 20 clean models; STRIP: inputs)", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.04)
     save_figure(fig, FIGURE)
 
@@ -209,7 +221,9 @@ if __name__ == "__main__":
     parser.add_argument("--executor", default="local", choices=("local", "processes", "ray"))
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--figures-only", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help="train the zoo and stop (it resumes)")
     args = parser.parse_args()
     if not args.figures_only:
         run(args)
-    draw([json.loads(line) for line in args.records.read_text().splitlines() if line])
+    if not args.build_only:
+        draw([json.loads(line) for line in args.records.read_text().splitlines() if line])

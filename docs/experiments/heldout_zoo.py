@@ -9,8 +9,9 @@ calibration zoo nor MNTD's shadows saw.
    - calibration: 8 clean + 8 backdoored models of the wider zoo of docs/nc-population.md (runs/nc-zoo, made by
      docs/experiments/nc_population.py; same hold-out), two learned backdoors per family square, pattern,
      blended and source-specific, chosen by name order;
-   - evaluation (held out): 20 clean + 24 backdoored, families hollow-square, x, wanet (strength 4 or 6, no
-     noise mode) and invisible (a +-epsilon pattern, epsilon 16/255 or 32/255).
+   - evaluation (held out): 20 clean + 20 backdoored, families hollow-square, x, wanet (strength 4 or 6, no
+     noise mode) and invisible (a +-epsilon pattern, epsilon 16/255 or 32/255), 2-3 epochs on 6,000 images; and
+     10 more backdoored (wanet, hollow-square; seed 17) so that at least 20 backdoors are learned.
    MNTD's shadows are jumbo-trained on the families mask and blend only (`mntd_shadows.py`).
 2. `api.scan_calibrate` on the calibration zoo: every model detector, then the logistic-regression verdict.
 3. `api.scan_zoo` on the evaluation zoo with the calibration: per detector and for the verdict AUROC (bootstrap
@@ -37,6 +38,10 @@ N_BOOT, LEVEL, FPR, MIN_ASR = 2000, 0.95, 0.05, 0.5
 EVALUATION = {"dataset": "mnist", "architecture": "badnet-mnist", "epochs": 2, "max_epochs": 3, "train_size": 6000,
               "holdout_seed": 0, "clean": 20, "backdoored": 20, "seed": 14,
               "families": ("hollow-square", "x", "wanet", "invisible")}
+# a second held-out zoo (same settings and hold-out, another seed) of the families whose backdoors the first
+# learned most often, so that at least 20 learned backdoors are evaluated
+EVALUATION_2 = {**EVALUATION, "clean": 0, "backdoored": 10, "seed": 17, "families": ("wanet", "hollow-square")}
+EVAL_ZOOS = {"evaluation": EVALUATION, "evaluation-2": EVALUATION_2}
 CALIBRATION_FAMILIES, PER_FAMILY, N_CLEAN_CALIBRATION = ("square", "pattern", "blended", "source-specific"), 2, 8
 MNTD_SHADOWS = {"n_clean": 20, "n_backdoored": 20, "families": ["mask", "blend"], "optimizers": ["sgd"],
                 "poison_rates": [0.05, 0.25], "shadow_epochs": 4, "meta_epochs": 30}
@@ -55,9 +60,10 @@ def run(args: argparse.Namespace) -> None:
     root = Path(args.root)
     executor = api.Executor(args.executor, jobs=args.jobs) if args.executor != "local" else None
     started = time.perf_counter()
-    zoos = {"evaluation": root / "evaluation", "calibration": root / "calibration"}
-    print(f"[{time.strftime('%H:%M:%S')}] evaluation zoo", flush=True)
-    api.build_zoo(zoos["evaluation"], api.ZooConfig(**EVALUATION), progress=False, executor=executor)
+    zoos = {name: root / name for name in EVAL_ZOOS} | {"calibration": root / "calibration"}
+    for name, cfg in EVAL_ZOOS.items():
+        print(f"[{time.strftime('%H:%M:%S')}] zoo {name}", flush=True)
+        api.build_zoo(zoos[name], api.ZooConfig(**cfg), progress=False, executor=executor)
     calibration_view(Path(args.calibration_zoo), zoos["calibration"])
     p = params(root)
     # the shadows once per zoo (its defenders' hold-out) before the scans: parallel scans would otherwise train
@@ -69,15 +75,20 @@ def run(args: argparse.Namespace) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] calibration scans", flush=True)
     api.scan_calibrate(zoos["calibration"], calib, detectors=list(DETECTORS), params=p, progress=False,
                        executor=executor)
-    print(f"[{time.strftime('%H:%M:%S')}] evaluation scans", flush=True)
-    summary = api.scan_zoo(zoos["evaluation"], root / "scan", detectors=list(DETECTORS), params=p,
-                           calibration=calib, fpr=FPR, n_boot=N_BOOT, progress=False, executor=executor)
-    wall = time.perf_counter() - started
-    truth = {r["name"]: r for r in api.read_truth(zoos["evaluation"])}
-    plan = {e["name"]: e for e in api.zoo_plan(api.ZooConfig(**EVALUATION))}
     import json
 
-    rows = [json.loads(line) for line in (root / "scan" / "scores.jsonl").read_text().splitlines() if line]
+    rows, truth, plan = [], {}, {}
+    for name, cfg in EVAL_ZOOS.items():
+        print(f"[{time.strftime('%H:%M:%S')}] scans of {name}", flush=True)
+        scan_dir = root / ("scan" if name == "evaluation" else f"scan-{name}")
+        summary = api.scan_zoo(zoos[name], scan_dir, detectors=list(DETECTORS), params=p, calibration=calib, fpr=FPR,
+                               n_boot=N_BOOT, progress=False, executor=executor)
+        prefix = "" if name == "evaluation" else f"{name}/"  # model names repeat across zoos
+        truth |= {prefix + r["name"]: r for r in api.read_truth(zoos[name])}
+        plan |= {prefix + e["name"]: e for e in api.zoo_plan(api.ZooConfig(**cfg))}
+        rows += [{**r, "name": prefix + r["name"]} for r in
+                 (json.loads(line) for line in (scan_dir / "scores.jsonl").read_text().splitlines() if line)]
+    wall = time.perf_counter() - started
     command = ("BACKDOOR_ARENA_DATA=../shared/data .venv/bin/python docs/experiments/heldout_zoo.py --root "
                f"{args.root} --calibration-zoo {args.calibration_zoo} --executor {args.executor}" + (f" --jobs {args.jobs}" if args.jobs else ""))
     records = []
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
         entry, t = plan[r["name"]], truth[r["name"]]
         records.append(Record(
             verb=VERB, seed=entry["seed"],
-            config={"evaluation_zoo": api.ZooConfig(**EVALUATION).to_dict(),
+            config={"evaluation_zoos": [api.ZooConfig(**c).to_dict() for c in EVAL_ZOOS.values()],
                     "calibration_zoo": {"source": "runs/nc-zoo", "clean": N_CLEAN_CALIBRATION,
                                         "backdoored": PER_FAMILY * len(CALIBRATION_FAMILIES),
                                         "families": list(CALIBRATION_FAMILIES)}, "detector": r["detector"],
@@ -137,7 +148,8 @@ def _train_shadows(mntd: dict[str, Any], zoo: Path) -> None:
 
     manifest = read_manifest(next(iter(sorted((zoo / "models").glob("*.safetensors")))))
     clean, _ = defender_clean_set(manifest, load_dataset("mnist", "train"), 0.05, 0)
-    MODEL_DETECTORS.create("mntd", **mntd).fit(clean)
+    # the shadows train in parallel (the executor is not part of MNTD's cache keys)
+    MODEL_DETECTORS.create("mntd", **mntd, executor="processes", jobs=2).fit(clean)
 
 
 # --------------------------------------------------------------------------- tables from records
@@ -171,19 +183,26 @@ def _md(rows: list[list[Any]], header: list[str]) -> str:
 
 def _scope(records: list[dict[str, Any]]) -> str:
     cfg = records[0]["config"]
-    ev, ca = cfg["evaluation_zoo"], cfg["calibration_zoo"]
+    zoos, ca = cfg["evaluation_zoos"], cfg["calibration_zoo"]
+    ev = zoos[0]
     models = {r["model"]: r for r in records}
     bad = [r for r in models.values() if r["backdoored"]]
+    clean = [r for r in models.values() if not r["backdoored"]]
     learned = [r for r in bad if (r["attack_success_rate"] or 0) >= MIN_ASR]
-    return (f"Scope: held-out zoo of {ev['clean']} clean + {ev['backdoored']} backdoored badnet-mnist models (zoo seed "
-            f"{ev['seed']}; families {', '.join(ev['families'])}; {len(learned)}/{len(bad)} backdoors learned, ASR >= "
-            f"{100 * MIN_ASR:.0f}%), SGD and Adam, {ev['epochs']}-{ev['max_epochs']} epochs on {ev['train_size']:,}-image "
-            f"subsets. Calibration zoo (verdict only): {ca['clean']} clean + {ca['backdoored']} backdoored models of "
-            f"{ca['source']} (docs/nc-population.md), families {', '.join(ca['families'])}. MNTD's shadows: {MNTD_SHADOWS['n_clean']} clean + "
-            f"{MNTD_SHADOWS['n_backdoored']} jumbo-backdoored, families {', '.join(MNTD_SHADOWS['families'])}. Every "
-            f"detector at its defaults on the defenders' 5% hold-out. AUROC intervals: stratified bootstrap, {N_BOOT} "
-            f"replicates, 95%. Wall time: mean per model, {cfg['executor']}, on a 2-core machine shared with other "
-            f"jobs (pessimistic).\n\nMade by `{cfg['command']}` ({cfg['wall_time_s_total'] / 60:.0f} min in all).\n")
+    parts = "; ".join(f"seed {z['seed']}: {z['clean']} clean + {z['backdoored']} backdoored, families "
+                      f"{', '.join(z['families'])}" for z in zoos)
+    return (f"Scope: {len(clean)} clean + {len(bad)} backdoored badnet-mnist models from two held-out zoos ({parts}); "
+            f"{len(learned)}/{len(bad)} backdoors learned (ASR >= {100 * MIN_ASR:.0f}%). SGD (lr 0.05) and Adam "
+            f"(lr 1e-3), {ev['epochs']}-{ev['max_epochs']} epochs, each model on its own seeded {ev['train_size']:,}-image "
+            f"subset. Calibration zoo (verdict only): {ca['clean']} clean + {ca['backdoored']} backdoored models of "
+            f"{ca['source']} (docs/nc-population.md), families {', '.join(ca['families'])}. MNTD's shadows: "
+            f"{MNTD_SHADOWS['n_clean']} clean + {MNTD_SHADOWS['n_backdoored']} jumbo-backdoored, families "
+            f"{', '.join(MNTD_SHADOWS['families'])}. Every detector at its defaults, on the defenders' 5% hold-out "
+            f"(seed 0, never trained on). AUROC intervals: stratified bootstrap, {N_BOOT} replicates, 95%. Wall time: "
+            f"mean per model, {cfg['executor'].get('executor')} executor with {cfg['executor'].get('jobs')} worker "
+            "processes of one thread each on 2 cores (the verdict's: the whole scan).\n\n"
+            f"Made by `{cfg['command']}` (its last run took {cfg['wall_time_s_total'] / 60:.0f} min, resuming the "
+            "models and scans of earlier runs: the zoos took 33 min to build and the scans 13 min on 2 cores).\n")
 
 
 def render_overall(records: list[dict[str, Any]]) -> str:
@@ -201,6 +220,20 @@ def render_overall(records: list[dict[str, Any]]) -> str:
         + "\n" + _scope(records)
 
 
+def _tpr(records: list[dict[str, Any]], name: str, family: str) -> float | None:
+    """TPR at FPR of `name`'s scores: the family's backdoored models against every clean model."""
+    import torch
+
+    from backdoor_arena.detection_metrics import tpr_at_fpr
+
+    ok = [r for r in records if r["detector"] == name and r["score"] is not None and not r["failure"]
+          and (not r["backdoored"] or r["family"] == family)]
+    labels = torch.tensor([int(r["backdoored"]) for r in ok])
+    if not ok or not labels.any() or labels.all():
+        return None
+    return tpr_at_fpr(labels, torch.tensor([float(r["score"]) for r in ok], dtype=torch.float64), FPR)
+
+
 def render_families(records: list[dict[str, Any]]) -> str:
     s = _summaries(records)
     families = sorted({f for name in s for f in s[name].get("per_family", {})})
@@ -211,11 +244,11 @@ def render_families(records: list[dict[str, Any]]) -> str:
         for name in [*DETECTORS, VERDICT]:
             f = s[name].get("per_family", {}).get(fam)
             row.append("n/a" if not f else f"{_f(f['auroc'])} [{_f(f['auroc_ci'][0])}, {_f(f['auroc_ci'][1])}]; "
-                                           f"TPR {_f(f.get('tpr_at_fpr'))}")
+                                           f"TPR {_f(_tpr(records, name, fam))}")
         rows.append(row)
     return _md(rows, ["family (vs all clean)", "learned", *[f"`{n}`" for n in DETECTORS], "verdict"]) + (
-        "\nEach cell: AUROC [95% CI]; TPR at 5% FPR. Figures: docs/figures/detection/heldout_roc.png (all models) "
-        "and heldout_roc_families.png (one panel per family).\n")
+        "\nEach cell: AUROC [95% CI]; TPR at 5% FPR, over all of the family's models (learned or not). ROC curves: "
+        "docs/figures/detection/heldout_roc_families.png (first panel all families, then one per family).\n")
 
 
 def draw_figures(records: list[dict[str, Any]]) -> None:

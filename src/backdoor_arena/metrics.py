@@ -22,7 +22,9 @@ def predict(
     batch_size: int = 1000,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Predicted labels for images (uint8 or float); the model's train/eval mode is restored afterwards."""
+    """Predicted labels for images (uint8 or float), on the CPU; batches go to the device of the model's
+    parameters (a model trained on a GPU is evaluated there). The model's train/eval mode is restored afterwards."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     try:
@@ -32,6 +34,9 @@ def predict(
                 x = to_float(images[i : i + batch_size])
                 if transform is not None:
                     x = transform(x)
+                if device.type != "cpu":
+                    out.append(model(x.to(device)).argmax(1).cpu())
+                    continue
                 out.append(model(x).argmax(1))
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
     finally:

@@ -77,19 +77,76 @@ def capture_inputs(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, *,
+                         optimise: bool = False) -> torch.Tensor:
     """Representations [N, D] that the final Linear layer reads, computed in eval mode without gradients
-    (the model's mode is restored afterwards)."""
+    (the model's mode is restored afterwards).
+
+    optimise=True runs a TorchScript graph of the model up to that layer, frozen and optimised for
+    inference (on CPU: oneDNN layout from the first convolution to the last, ReLUs in place): about 2x
+    the eager rate on small CNNs (measured: badnet-mnist, one thread), equal to float rounding. Traced on
+    the first inputs, it is checked against the eager model on the last ones; where tracing fails or
+    disagrees, the eager model computes everything."""
     head = last_linear(model)
     was_training = model.training
     model.eval()
     try:
+        fast = _frozen_features(model, head, to_float(x[:16]), to_float(x[-16:])) if optimise and len(x) else None
+        if fast is not None:
+            with torch.no_grad():
+                return torch.cat([fast(to_float(x[i : i + batch_size])).flatten(1) for i in range(0, len(x), batch_size)])
         with capture_inputs(head) as inputs, torch.no_grad():
             for i in range(0, len(x), batch_size):
                 model(to_float(x[i : i + batch_size]))
         return torch.cat([t.flatten(1) for t in inputs])
     finally:
         model.train(was_training)
+
+
+class _UpToInput(nn.Module):
+    """The model's computation up to `layer`'s input, as a module that returns it (for tracing). The model
+    is held outside the module tree, so that the tracer records its weights as constants instead of
+    building a scripted copy of every submodule (4x faster to trace)."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        super().__init__()
+        self.held = (model, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model, layer = self.held
+        with capture_inputs(layer) as inputs:
+            model(x)
+        return inputs[0]
+
+
+def _frozen_features(model: nn.Module, layer: nn.Module, example: torch.Tensor, check: torch.Tensor) -> Callable | None:
+    """`layer`'s input as a frozen, inference-optimised TorchScript function of the model's input, traced
+    on `example`, or None where the model does not trace or the traced graph disagrees with the eager
+    model on `check`, other inputs of another batch size (control flow that depends on the data or the
+    batch). The weights' requires_grad flags are cleared while tracing (a traced constant must not
+    require grad) and restored."""
+    import warnings
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings: the check below decides
+            traced = torch.jit.trace(_UpToInput(model, layer).eval(), example, check_trace=False)
+            fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            check = check[: max(1, len(check) - 1)]  # a batch size other than the traced one, where possible
+            with capture_inputs(layer) as inputs:
+                model(check)
+            got, want = fast(check), inputs[0]
+    except Exception:  # noqa: BLE001  (any tracing failure: the eager path is always correct)
+        return None
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
+        return None
+    return fast
 
 
 # --------------------------------------------------------------------------- the prune site

@@ -64,11 +64,37 @@ def versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global generator inside the block only (weight init, dropout), then restore it."""
-    with torch.random.fork_rng(devices=[]):
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global generator inside the block only (weight init, dropout), then restore it. With a
+    CUDA `device`, that device's generator too (dropout on the GPU draws from it)."""
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def use_deterministic(device: torch.device) -> bool:
+    """Deterministic algorithms for a run on `device`, where the device allows; returns whether results are
+    then reproducible bit for bit. CPU: nothing to change (the kernels here are deterministic at a fixed
+    thread count). CUDA: cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first use, and
+    `torch.use_deterministic_algorithms(True, warn_only=True)` picks deterministic kernels where they exist and
+    warns (rather than failing) where an operation has none. MPS: no deterministic mode; stated in the record
+    (`describe_device`). A process-wide setting: the verbs layer calls it, once per run."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        return True
+    return device.type == "cpu"
+
+
+def run_device(spec: str | None, *, supported: tuple[str, ...] = ("cpu", "cuda", "mps"),
+               what: str = "this command") -> torch.device:
+    """`resolve_device` for a verb that is about to run: the device, with deterministic algorithms set where
+    the device allows (`use_deterministic`)."""
+    device = resolve_device(spec, supported=supported, what=what)
+    use_deterministic(device)
+    return device
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")

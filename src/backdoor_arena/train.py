@@ -125,6 +125,7 @@ def fit(
     *,
     adapter: TrainAdapter | None = None,
     extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainHistory:
     """Train `model` in place on `train_set`; `evaluate(model)` runs after every epoch.
 
@@ -134,12 +135,20 @@ def fit(
     pass over a seeded permutation in batches of `config.batch_size`. `extra_loss(net, x, y, step)` is added
     to every batch's cross-entropy (an adaptive attack's term against a defense). The process's thread count
     is the caller's business (the verbs layer sets it once).
+
+    `device` (default: where the model's parameters are) is where the model is moved and every batch goes;
+    the data and the batch order stay on the CPU, so the batches are the same on every device. The model is
+    left on `device`: the caller moves it back before saving.
     """
     info = train_set.info
+    device = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
+                                                                    torch.device("cpu"))
+    if device.type != "cpu":  # on the CPU nothing moves: the CPU path stays exactly what it was
+        model.to(device)
     with torch.no_grad():
         try:
             model.eval()
-            out = model(to_float(train_set.images[:2]))
+            out = model(to_float(train_set.images[:2]).to(device))
         except RuntimeError as exc:
             raise IncompatibleError(f"the model does not accept {info.name!r} inputs {info.input_shape}: {exc}") from None
     if out.shape[-1] != info.num_classes:
@@ -158,7 +167,7 @@ def fit(
         if adapter is not None:
             stack.callback(adapter.close)  # registered first: runs last, also when `prepare` fails half-way
             net, optimizer = adapter.prepare(model, optimizer, n, config)
-        stack.enter_context(seeded(config.seed))
+        stack.enter_context(seeded(config.seed, device))
         bar = stack.enter_context(tqdm(total=total, desc=description, disable=not config.progress,
                                        unit="batch", mininterval=0.5, leave=False))
         for epoch in range(config.epochs):
@@ -176,6 +185,8 @@ def fit(
                         bar.update(1)
                         continue
                 x, y = to_float(train_set.images[idx]), train_set.labels[idx]
+                if device.type != "cpu":
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if config.schedule == "cosine":
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))

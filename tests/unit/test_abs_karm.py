@@ -128,6 +128,68 @@ def test_prescreen_finds_global_and_label_specific_arms():
     assert [v for _, v in prescreen_arms(torch.eye(4), 1, 3)] == [None, None, None]
 
 
+def test_prescreen_ranks_source_specific_pairs_by_tightness():
+    """A source-specific backdoor makes its target the runner-up on its source's images, with a tiny
+    probability (GTSRB stop -> speed limit 30: 6e-5); ranking pairs by summed probability alone put it behind
+    look-alike classes and out of the kept arms."""
+    rows = [[0.9996, 4e-5, 3e-5, 2e-5, 1e-5, 3e-4]] * 4  # predicted 0: label 5 the runner-up every time
+    rows += [[0.0, 0.5, 0.3, 0.2, 0.0, 0.0], [0.0, 0.5, 0.2, 0.3, 0.0, 0.0]] * 2  # predicted 1: 2 and 3 in the top 3
+    rows += [[0.1, 0.0, 0.6, 0.0, 0.3, 0.0]] * 2  # predicted 2: 4 the runner-up
+    probs = torch.tensor(rows)
+    # (5, [0]) passes the rule at k = 2 (with summed probability 0.0012), (2, [1]) and (3, [1]) only at k = 3
+    # (summed 1.0 each): the tight pairs first, by summed probability among them
+    assert prescreen_arms(probs, 3, 5) == [(4, [2]), (5, [0]), (3, [1]), (2, [1]), (0, [2])]
+    assert prescreen_arms(probs, 3, 1) == [(4, [2])]
+    # the default arm count keeps every target at the tightest k, as the authors keep every candidate
+    assert prescreen_arms(probs, 3, 1, keep_tightest=True) == [(4, [2]), (5, [0])]
+
+
+class BandModel(torch.nn.Module):
+    """A 4-class model over 16 x 16 images: class k is a bright band (rows 4k to 4k + 2, columns 0-12), and
+    the logit of class k is 12 x that band's brightness. With `backdoor`, a bright 2 x 2 corner (rows and
+    columns 14-15) lifts class 2 on class-0 images only (a source-specific backdoor, 0 -> 2), and the clean
+    corner's faint lift makes 2 the runner-up on the 0s, as training a backdoor does (GTSRB, measured)."""
+
+    def __init__(self, backdoor: bool) -> None:
+        super().__init__()
+        self.backdoor = backdoor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bands = torch.stack([x[:, 0, 4 * k : 4 * k + 3, :13].mean((1, 2)) for k in range(4)], 1)
+        logits = 12 * bands
+        if self.backdoor:
+            lift = 40 * x[:, 0, 14:, 14:].mean((1, 2)) * torch.relu(bands[:, 0] - 0.3)
+            logits = logits + torch.nn.functional.one_hot(torch.tensor(2), 4) * lift[:, None]
+        return logits
+
+
+def _band_images(n: int, seed: int) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
+    for k in range(4):
+        x[labels == k, :, 4 * k : 4 * k + 3, :13] += 0.7
+    info = DatasetInfo("bands", 4, (1, 16, 16), ("a", "b", "c", "d"), (0.5,), (0.5,))
+    return Dataset(info, (x.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+
+def test_karm_finds_a_source_specific_backdoor_and_its_source():
+    """The label-specific path end to end: the pre-screening makes (2, [0]) an arm, the arm's trigger reversed
+    on the 0s alone lies on the corner, and the symmetric check (2 -> 0 needs a whole band) flags target 2
+    from source 0; the same model without the backdoor is cleared."""
+    clean = _band_images(400, 1)
+    params = {"schedule": "k-arm", "steps": 150, "n_samples": 400, "check_every": 5, "patience": 2}
+    v = NeuralCleanse(**params).inspect(BandModel(backdoor=True), clean)
+    assert v.details["arms"][0] == {"target": 2, "victims": [0]}, v.details["arms"]
+    assert v.flagged and v.suspected_target == 2 and v.details["source"] == 0, v.details
+    assert v.threshold == NeuralCleanse().label_ratio  # a label-specific lead: the authors' bound
+    mask = v.artefacts["masks"][2][0]
+    assert mask[14:, 14:].sum() > 0.9 * mask.sum()
+    assert v.details["total_steps"] < 4 * params["steps"]  # fewer label-steps than Neural Cleanse's 4 x 150
+    v_clean = NeuralCleanse(**params).inspect(BandModel(backdoor=False), clean)
+    assert not v_clean.flagged, v_clean.details
+
+
 def test_karm_reaches_neural_cleanse_target_with_fewer_steps(mnist_models):
     bad, _, clean = mnist_models
     full = NeuralCleanse(**NC).inspect(bad, clean)
@@ -162,7 +224,7 @@ def test_karm_with_every_label_finishing_is_neural_cleanse(mnist_models):
 def test_karm_bad_input_is_one_line(mnist_models):
     bad, _, clean = mnist_models
     for params, word in (({"schedule": "bandit"}, "schedule"), ({"top_k": 0}, "top_k"), ({"arms": 0}, "arms"),
-                         ({"epsilon": -0.1}, "epsilon")):
+                         ({"epsilon": -0.1}, "epsilon"), ({"label_ratio": 0}, "label_ratio")):
         with pytest.raises(ConfigError, match=word) as e:
             NeuralCleanse(**params)
         assert "\n" not in str(e.value)

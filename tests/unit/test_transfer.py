@@ -76,6 +76,9 @@ def test_transfer_to_parity_and_the_command(backdoored, capsys, monkeypatch):
     assert 0 <= r.after["triggered_accuracy"] <= 1 and r.strengthened_channels == []
     s = api.transfer(path, spec, task="parity", epochs=1, train_size=2000, factor=5.0, channels=2)
     assert len(s.strengthened_channels) == 2 and s.after != r.after
+    assert 0 <= r.after["triggered_accuracy_all"] <= 1 and r.from_scratch is False
+    f = api.transfer(path, spec, task="parity", epochs=1, train_size=2000, from_scratch=True)
+    assert f.from_scratch and f.after["clean_accuracy"] > 0.8 and f.after != r.after  # every fc layer re-initialised
     assert load_model(path).manifest.tensors_sha256 == api.info(path)["tensors_sha256"]  # the file is unchanged
     code, out, err = run_cli(["transfer", str(path), "--attack-spec", str(spec), "--task", "parity", "--epochs", "1",
                               "--train-size", "1000", "--json"], capsys, monkeypatch)

@@ -17,7 +17,7 @@ from ..metrics import evaluate, predict
 from ..modelfile import load_model
 from ..records import Record, write_jsonl
 from ..report import markdown_table, plot_examples, plot_training_curves
-from ..runtime import versions
+from ..runtime import resolve_device, versions
 from ..safeio import output_folder
 from . import training
 from .outputs import check_folder_output
@@ -39,19 +39,22 @@ class DemoResult:
 
 
 def demo(out: str | Path, *, epochs: int = 4, seed: int = 0, data_root: str | Path | None = None,
-         progress: bool = True, overwrite: bool = False, defender_holdout: float = 0.05) -> DemoResult:
+         progress: bool = True, overwrite: bool = False, defender_holdout: float = 0.05,
+         device: str = "auto") -> DemoResult:
     """Train a clean and a BadNets MNIST model, evaluate both, write a report folder (JSON + PNG); an
-    existing non-empty folder is written into only with `overwrite`."""
+    existing non-empty folder is written into only with `overwrite`. `device`: where both models train
+    (auto | cpu | cuda[:N] | mps), recorded in their manifests."""
+    resolve_device(device, what="demo")  # a bad device is refused before the folder is made
     out = check_folder_output(out, overwrite=overwrite)
     with output_folder(out):
-        return _demo(out, epochs, seed, data_root, progress, defender_holdout)
+        return _demo(out, epochs, seed, data_root, progress, defender_holdout, device)
 
 
 def _demo(out: Path, epochs: int, seed: int, data_root: str | Path | None, progress: bool,
-          defender_holdout: float) -> DemoResult:
+          defender_holdout: float, device: str = "auto") -> DemoResult:
     started = time.perf_counter()
     common = {"epochs": epochs, "seed": seed, "data_root": data_root, "progress": progress,
-              "defender_holdout": defender_holdout}
+              "defender_holdout": defender_holdout, "device": device}
     clean = training.train("mnist", "badnet-mnist", out / "clean.safetensors", overwrite=True, **common)
     bad = training.attack("badnets", "mnist", "badnet-mnist", out / "badnets.safetensors", target=TARGET,
                      trigger="pattern", trigger_options={"size": 3, "position": "bottom-right"},

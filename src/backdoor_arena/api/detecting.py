@@ -25,6 +25,7 @@ from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import load_model
 from ..registries import detector_kind
 from ..report import plot_reversed_triggers, plot_score_histograms
+from ..runtime import describe_device, run_device
 from ..safeio import atomic_write_text, output_folder
 from ..verdict import Calibration
 from .outputs import check_folder_output
@@ -34,39 +35,58 @@ from .training import check_model_fits, defender_clean_set, spec_for_model
 _REGISTRIES = {"model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}
 
 
-def _create(kind: str, name: str, params: dict[str, Any], progress: bool) -> Any:
+def _create(kind: str, name: str, params: dict[str, Any], progress: bool, device: torch.device | None = None) -> Any:
     factory = _REGISTRIES[kind].get(name)
     if "progress" in inspect.signature(factory).parameters:  # detectors that can show progress do
         params.setdefault("progress", progress)
+    if device is not None and takes_device(kind, name):
+        params.setdefault("device", str(device))
     return _REGISTRIES[kind].create(name, **params)
+
+
+def takes_device(kind: str, name: str) -> bool:
+    """Whether a detector's computation runs on a chosen device (its constructor takes `device`); the others
+    run on the CPU."""
+    return "device" in inspect.signature(_REGISTRIES[kind].get(name)).parameters
+
+
+def detector_device(kind: str, name: str, device: str | None) -> torch.device:
+    """`--device` for one detector: any device for a detector that takes one, else the CPU (an explicit GPU
+    is refused with the reason rather than silently ignored)."""
+    supported = ("cpu", "cuda", "mps") if takes_device(kind, name) else ("cpu",)
+    return run_device(device, supported=supported, what=f"detector {name}")
 
 
 def detect(detector: str, model_path: str | Path, *, attack_spec: str | Path | None = None,
            params: dict[str, Any] | None = None, clean_fraction: float = 0.05, seed: int = 0,
            clean_dataset: str | None = None, n_eval: int = 1000, retrain_epochs: int = 0,
            out: str | Path | None = None, data_root: str | Path | None = None,
-           progress: bool = True, overwrite: bool = False, force: bool = False) -> DetectionResult:
+           progress: bool = True, overwrite: bool = False, force: bool = False, device: str = "auto") -> DetectionResult:
     """Run one detector on a model file; writes OUT/DETECTOR.json and figures into `out` when given (an
-    existing non-empty folder only with `overwrite`; a folder made here is removed again if the run fails)."""
+    existing non-empty folder only with `overwrite`; a folder made here is removed again if the run fails).
+    `device`: auto | cpu | cuda[:N] | mps for detectors that take one (else the CPU), recorded in the result."""
+    dev = detector_device(detector_kind(detector), detector, device)
     if out is None:
         return _detect(detector, model_path, attack_spec, params, clean_fraction, seed, clean_dataset, n_eval,
-                       retrain_epochs, None, data_root, progress, force)
+                       retrain_epochs, None, data_root, progress, force, dev)
     out = check_folder_output(out, inputs=[model_path, attack_spec], overwrite=overwrite)
     with output_folder(out):
         return _detect(detector, model_path, attack_spec, params, clean_fraction, seed, clean_dataset, n_eval,
-                       retrain_epochs, out, data_root, progress, force)
+                       retrain_epochs, out, data_root, progress, force, dev)
 
 
 def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | None, params: dict[str, Any] | None,
             clean_fraction: float, seed: int, clean_dataset: str | None, n_eval: int, retrain_epochs: int,
-            out: Path | None, data_root: str | Path | None, progress: bool, force: bool = False) -> DetectionResult:
+            out: Path | None, data_root: str | Path | None, progress: bool, force: bool = False,
+            device: torch.device | None = None) -> DetectionResult:
     kind = detector_kind(detector)
+    device = device if device is not None else torch.device("cpu")
     params = dict(params or {})
     if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 1:
         raise ConfigError(f"n_eval must be a positive integer, got {n_eval!r}")
     if not isinstance(retrain_epochs, int) or retrain_epochs < 0:
         raise ConfigError(f"retrain_epochs must be a non-negative integer, got {retrain_epochs!r}")
-    det = _create(kind, detector, params, progress)
+    det = _create(kind, detector, params, progress, device)
     loaded = load_model(model_path)
     m = loaded.manifest
     if clean_dataset is not None and clean_dataset != m.dataset:
@@ -98,9 +118,12 @@ def _detect(detector: str, model_path: str | Path, attack_spec: str | Path | Non
         record = m.training.get("defender_holdout") if isinstance(m.training, dict) else None
         if isinstance(record, dict):
             trained_on = clean_holdout(train, record["fraction"], record["seed"])[0]
-        values.update(_run_data_filter(det, loaded.model, trained_on, atk, retrain_epochs, m, data_root, progress))
+        values.update(_run_data_filter(det, loaded.model, trained_on, atk, retrain_epochs, m, data_root, progress,
+                                       device))
     values["clean_source"] = clean_source
+    values["device"] = describe_device(device)
     params.pop("progress", None)
+    params.pop("device", None)
     result = DetectionResult(detector, kind, str(model_path), m.dataset, len(held), seed, params, values,
                              round(time.perf_counter() - started, 3), figure)
     if out is not None:
@@ -143,7 +166,8 @@ def poisoned_training_set(atk: Any, train: Dataset) -> tuple[Dataset, torch.Tens
 
 
 def _run_data_filter(filt: Any, model: torch.nn.Module, train: Dataset, atk: Any, retrain_epochs: int,
-                     manifest: Any, data_root: Any, progress: bool) -> dict[str, Any]:
+                     manifest: Any, data_root: Any, progress: bool,
+                     device: torch.device | None = None) -> dict[str, Any]:
     data, truth = (poisoned_training_set(atk, train) if atk is not None
                    else (train, torch.zeros(len(train), dtype=torch.bool)))
     scores = filt.score(model, data)
@@ -163,7 +187,7 @@ def _run_data_filter(filt: Any, model: torch.nn.Module, train: Dataset, atk: Any
         kept = data.subset(torch.nonzero(~flagged).flatten())
         net, _ = create_model(manifest.architecture, data.info, manifest.training.get("seed", 0))
         fit(net, kept, TrainConfig(epochs=retrain_epochs, seed=manifest.training.get("seed", 0), progress=progress),
-            description="retrain")
+            description="retrain", device=device)
         after = evaluate_metrics(net, load_dataset(manifest.dataset, "test", data_root), atk)
         res.update({"retrain_epochs": retrain_epochs, "retrained_clean_accuracy": after["clean_accuracy"],
                     "retrained_attack_success_rate": after.get("attack_success_rate")})
@@ -173,13 +197,16 @@ def _run_data_filter(filt: Any, model: torch.nn.Module, train: Dataset, atk: Any
 def scan(model_path: str | Path, out: str | Path, *, params: dict[str, dict[str, Any]] | None = None,
          detectors: list[str] | None = None, time_budget_s: float | None = None,
          calibration: str | Path | None = None, clean_fraction: float = 0.05, seed: int = 0,
-         data_root: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> ScanResult:
+         data_root: str | Path | None = None, progress: bool = True, overwrite: bool = False,
+         device: str = "auto") -> ScanResult:
     """Every model-level detector (or those named in `detectors`) on one model; one report (scan.json + PNGs)
     in `out`. `params` maps a detector name to its parameters. A detector that fails (an error, or over
     `time_budget_s` seconds: a timer stops it) is reported with
     its one-line reason and the rest go on. With `calibration` (a file from `scan_calibrate`), the detectors'
-    scores are combined into one calibrated probability (`verdict.Calibration`)."""
+    scores are combined into one calibrated probability (`verdict.Calibration`). `device`: where the
+    detectors that take a device run (the others run on the CPU); each detector's result records its device."""
     params = params or {}
+    dev = run_device(device, what="scan")
     known = MODEL_DETECTORS.names()
     names = list(known) if detectors is None else list(dict.fromkeys(detectors))
     unknown = sorted((set(params) | set(names)) - set(known))
@@ -206,7 +233,7 @@ def scan(model_path: str | Path, out: str | Path, *, params: dict[str, dict[str,
         for name in names:
             started = time.perf_counter()
             run = (name, model_path, None, params.get(name), clean_fraction, seed, None, 1000, 0, out, data_root,
-                   progress)
+                   progress, False, dev if takes_device("model", name) else torch.device("cpu"))
             try:
                 if time_budget_s is None:
                     results[name] = _detect(*run)

@@ -5,6 +5,7 @@ executor (local, processes, Ray)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from ..federated import matrix as fl_matrix_module
 from ..federated import simulation
 from ..federated.pipeline import FederationCache, check_scenario_data
 from ..records import json_safe
-from ..safeio import output_folder
+from ..runtime import describe_device, run_device
+from ..safeio import atomic_write_text, output_folder
 from ..sweep import Executor, Job, JobContext, run_sweep, sweep_job
 from .outputs import check_folder_output
 
@@ -24,23 +26,39 @@ def fl_validate(scenario: str | Path, overrides: list[str] | None = None) -> fl_
     return fl_config.validate_file(Path(scenario), list(overrides or []))
 
 
+# The federated simulator's engines train on the CPU so far (a vmap engine on a GPU is future work): an explicit
+# GPU is refused with that reason rather than ignored.
+FL_DEVICES = ("cpu",)
+
+
+def _fl_device(device: str, what: str) -> dict[str, Any]:
+    return describe_device(run_device(device, supported=FL_DEVICES, what=what))
+
+
 def fl_run(scenario: str | Path, out: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
-           data_root: str | Path | None = None, overwrite: bool = False) -> dict[str, simulation.SimulationResult]:
+           data_root: str | Path | None = None, overwrite: bool = False,
+           device: str = "auto") -> dict[str, simulation.SimulationResult]:
     """Run a scenario file (and each of its variants) into `out`; returns the result per variant label
-    ("" for a scenario without variants). An existing non-empty `out` is written into only with `overwrite`."""
+    ("" for a scenario without variants). An existing non-empty `out` is written into only with `overwrite`.
+    `device`: auto | cpu (the simulator trains on the CPU so far), recorded in OUT/device.json."""
+    dev = _fl_device(device, "fl run")
     sc = fl_config.load_scenario(Path(scenario), list(overrides or []))
     out = check_folder_output(out, inputs=[scenario], overwrite=overwrite)
     cache = FederationCache()
     check_scenario_data(sc, data_root, cache)  # every variant's counts against the data, before any training
     with output_folder(out):
+        atomic_write_text(out / "device.json", json.dumps(dev, indent=1, sort_keys=True))
         return simulation.run_scenario(sc, out, progress=progress, data_root=data_root, cache=cache)
 
 
 def fl_matrix(scenario: str | Path, out: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
-              data_root: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> list[dict]:
+              data_root: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+              device: str = "auto") -> list[dict]:
     """Run a matrix file (a scenario with a [matrix] table) into `out`: out/matrix.jsonl (one record per cell),
     cells/*/records.jsonl, matrix.png, matrix.md. With `resume`, cells already recorded in `out` are kept and
-    skipped; otherwise an existing non-empty `out` needs `overwrite`."""
+    skipped; otherwise an existing non-empty `out` needs `overwrite`. `device`: auto | cpu (the simulator
+    trains on the CPU so far), recorded in OUT/device.json."""
+    dev = _fl_device(device, "fl matrix")
     matrix = fl_matrix_module.load_matrix(Path(scenario), list(overrides or []))
     out = Path(out)
     if not (resume and (out / "matrix.jsonl").is_file()):
@@ -48,6 +66,7 @@ def fl_matrix(scenario: str | Path, out: str | Path, overrides: list[str] | None
         if overwrite and (out / "matrix.jsonl").is_file():
             (out / "matrix.jsonl").unlink()
     with output_folder(out):
+        atomic_write_text(out / "device.json", json.dumps(dev, indent=1, sort_keys=True))
         return fl_matrix_module.run_matrix(matrix, out, progress=progress, data_root=data_root)
 
 
@@ -59,6 +78,7 @@ def run_seed(ctx: JobContext) -> dict[str, Any]:
             "scenario": ctx.config["scenario"], "variants": ctx.config["variants"]}:
         raise ConfigError(f"the scenario file {ctx.paths['scenario']} changed since the run started; run it again")
     results = simulation.run_scenario(sc, Path(ctx.paths["out"]), progress=False, data_root=ctx.paths.get("data_root"))
+    ctx.run.update(_fl_device(ctx.config.get("device", "cpu"), "fl run"))
     summaries = {}
     for label, r in results.items():
         summary = dict(r.summary)
@@ -70,10 +90,12 @@ def run_seed(ctx: JobContext) -> dict[str, Any]:
 
 def fl_run_seeds(scenario: str | Path, out: str | Path, seeds: list[int], overrides: list[str] | None = None, *,
                  executor: Executor | None = None, progress: bool = True, data_root: str | Path | None = None,
-                 overwrite: bool = False) -> dict[int, dict[str, dict[str, Any]]]:
+                 overwrite: bool = False, device: str = "auto") -> dict[int, dict[str, dict[str, Any]]]:
     """Run a scenario file once per seed (`seed=N` overriding the file's), one sweep job per seed through
     `executor`, into OUT/seed-N/ (what `fl_run` writes for one run); OUT/sweep/ holds one record per seed, so
-    the command run again skips the seeds already done. Returns {seed: {variant label or "run": summary}}."""
+    the command run again skips the seeds already done. Returns {seed: {variant label or "run": summary}}.
+    `device`: auto | cpu (the simulator trains on the CPU so far), in each record's per-run part."""
+    _fl_device(device, "fl run")
     overrides = list(overrides or [])
     if not seeds or len(set(seeds)) != len(seeds) or any(not isinstance(s, int) or s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be distinct non-negative integers, e.g. 0,1,2; got {seeds!r}")

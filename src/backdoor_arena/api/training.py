@@ -18,7 +18,7 @@ from ..errors import ConfigError, IncompatibleError
 from ..metrics import evaluate as evaluate_metrics
 from ..modelfile import Manifest, check_tensors, load_model, read_manifest, read_tensors, save_model
 from ..models import architecture_args, build_model
-from ..runtime import versions
+from ..runtime import describe_device, run_device, versions
 from ..train import TrainConfig, create_model, fit
 from .outputs import check_model_output
 from .results import EvaluationResult, TrainResult
@@ -54,14 +54,21 @@ def train_model(
     architecture: str, train_set: Dataset, test_set: Dataset, config: TrainConfig, out: str | Path,
     attack: PoisoningAttack | None = None, description: str = "train", train_fn: Any = None,
     dp: DPSettings | None = None, verb: str | None = None, holdout: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train a fresh `architecture` on an in-memory (possibly poisoned) training set, evaluate it on
     `test_set` (with `attack`: ASR too), write the model file and, with `attack`, its spec beside it.
 
     `train_fn(model, monitor) -> (TrainHistory, spec_extra)` replaces plain `fit` (model-level attacks);
     `dp` trains with DP-SGD instead. `holdout` records in the manifest which slice of the training split was
-    kept out of training for defenders (`defender_holdout`: fraction and seed of `clean_holdout`)."""
+    kept out of training for defenders (`defender_holdout`: fraction and seed of `clean_holdout`).
+    `device` (default: the CPU) is where plain `fit` trains and the model is evaluated; the model is moved back
+    to the CPU before it is saved, and the device is recorded in the manifest (`training.device`)."""
     out = Path(out)
+    device = device if device is not None else torch.device("cpu")
+    if device.type != "cpu" and (train_fn is not None or dp is not None):
+        raise ConfigError(f"--device {device}: DP-SGD and model-level attacks train on the CPU only so far; use "
+                          "--device cpu")
     model, args = create_model(architecture, train_set.info, config.seed)
 
     def monitor(m: torch.nn.Module) -> dict[str, float]:
@@ -73,10 +80,12 @@ def train_model(
         history, spec_extra = private_fit(model, train_set, config, clip=dp.clip, noise=dp.noise, delta=dp.delta,
                                           evaluate=monitor, description=description), {}
     elif train_fn is None:
-        history, spec_extra = fit(model, train_set, config, evaluate=monitor, description=description), {}
+        history, spec_extra = fit(model, train_set, config, evaluate=monitor, description=description,
+                                  device=device), {}
     else:
         history, spec_extra = train_fn(model, monitor)
     final = evaluate_metrics(model, test_set, attack)
+    model.cpu()  # the saved weights (and their hash) are CPU tensors whatever trained them
     info = train_set.info
     # The training record goes to the defender with the model: it must not reveal the attack,
     # so it holds clean metrics only; ASR and the poisoning parameters go to the attack spec.
@@ -87,6 +96,7 @@ def train_model(
         "metrics": {"clean_accuracy": final["clean_accuracy"]},
         "history": [{k: v for k, v in e.items() if k != "attack_success_rate"} for e in history.epochs],
         "versions": versions(), "wall_time_s": round(time.perf_counter() - started, 3),
+        "device": describe_device(device),
     }
     if history.privacy is not None:  # DP-SGD: the accountant's epsilon at delta (defenses/dp.py)
         training["privacy"] = history.privacy
@@ -194,19 +204,23 @@ def train(
     optimizer: str = "sgd", lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
     schedule: str = "cosine", data_root: str | Path | None = None, progress: bool = True,
     dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5, overwrite: bool = False,
-    defender_holdout: float = DEFAULT_HOLDOUT,
+    defender_holdout: float = DEFAULT_HOLDOUT, device: str = "auto",
 ) -> TrainResult:
     """Train a clean model and write it as a model file. `dp_clip` and `dp_noise` train with DP-SGD.
     A seeded `defender_holdout` fraction of the training split is kept out of training (recorded in the
-    manifest) for defenders' clean sets. An existing `out` is replaced only with `overwrite`."""
+    manifest) for defenders' clean sets. An existing `out` is replaced only with `overwrite`. `device`:
+    auto | cpu | cuda[:N] | mps (DP-SGD: the CPU only), recorded in the manifest."""
     out = check_model_output(out, overwrite=overwrite)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, schedule=schedule, seed=seed, progress=progress)
     dp = DPSettings.from_options(dp_clip, dp_noise, dp_delta)
+    dev = run_device(device, supported=("cpu",) if dp is not None else ("cpu", "cuda", "mps"),
+                     what="train with DP-SGD" if dp is not None else "train")
     build_model(model, architecture_args(dataset_info(dataset)))  # validate names before loading anything
     train_set, holdout = split_holdout(load_dataset(dataset, "train", data_root), defender_holdout, seed)
     test_set = load_dataset(dataset, "test", data_root)
-    return train_model(model, train_set, test_set, config, out, None, f"train {model}", dp=dp, holdout=holdout)
+    return train_model(model, train_set, test_set, config, out, None, f"train {model}", dp=dp, holdout=holdout,
+                       device=dev)
 
 
 def attack(
@@ -218,16 +232,19 @@ def attack(
     dp_clip: float | None = None, dp_noise: float | None = None, dp_delta: float = 1e-5,
     poisoning: str = "badnets", prune_accuracy_drop: float | None = None, clean_model: str | Path | None = None,
     attack_params: dict[str, Any] | None = None, overwrite: bool = False, defender_holdout: float = DEFAULT_HOLDOUT,
+    device: str = "auto",
 ) -> TrainResult:
     """Poison the training set, train on it, and write the model file plus `<out>.attack.json`.
 
     `kind` is a data-poisoning attack (`ATTACKS`) or a model-level attack (`MODEL_ATTACKS`, e.g.
     "pruning-aware"): then `poisoning` names the data poisoning inside it, `attack_params` the model attack's
     own parameters (`prune_accuracy_drop` is the pruning-aware attack's, kept as a keyword for convenience) and
-    `clean_model` an optional clean model file to start from (else one is trained first).
+    `clean_model` an optional clean model file to start from (else one is trained first). For a data-poisoning
+    attack, `attack_params` are its own `build` keywords (e.g. wanet's cross_ratio).
     `dp_clip` and `dp_noise` train on the poisoned data with DP-SGD (the defender controls training).
     A seeded `defender_holdout` fraction of the training split is kept out of poisoning and training (recorded
-    in the manifest). An existing `out` (or its attack spec) is replaced only with `overwrite`."""
+    in the manifest). An existing `out` (or its attack spec) is replaced only with `overwrite`. `device`: auto |
+    cpu | cuda[:N] | mps for data poisoning (DP-SGD and model-level attacks: the CPU only), in the manifest."""
     image = (trigger.split(":", 1)[1] or None) if trigger and trigger.startswith("image:") else None
     out = check_model_output(out, inputs=[clean_model, image], side_files=[attack_spec_path(out)], overwrite=overwrite)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -236,14 +253,15 @@ def attack(
     info = dataset_info(dataset)
     build_model(model, architecture_args(info))
     model_attack = kind in MODEL_ATTACKS
-    if attack_params and not model_attack:
-        raise ConfigError(f"attack {kind!r} takes no extra attack parameters; got {sorted(attack_params)}")
+    cpu_only = model_attack or dp is not None
+    dev = run_device(device, supported=("cpu",) if cpu_only else ("cpu", "cuda", "mps"),
+                     what=f"attack {kind}" + (" with DP-SGD" if dp is not None and not model_attack else ""))
     data_kind = poisoning if model_attack else kind
     options = {"trigger": trigger} if trigger else {}
     atk = make_attack(data_kind, num_classes=info.num_classes, channels=info.input_shape[0],
                       image_size=info.input_shape[1], trigger_options=trigger_options, target=target, mode=mode,
                       sources=tuple(sources), poison_rate=poison_rate, injection=injection, seed=seed,
-                      cover_rate=cover_rate, **options)
+                      cover_rate=cover_rate, **options, **({} if model_attack else attack_params or {}))
     train_set, holdout = split_holdout(load_dataset(dataset, "train", data_root), defender_holdout, seed)
     test_set = load_dataset(dataset, "test", data_root)
     if model_attack:
@@ -257,10 +275,10 @@ def attack(
         trainer = MODEL_ATTACKS.create(kind, poisoning=atk, **params).trainer(model, train_set, config,
                                                                              clean_model=clean)
         return train_model(model, train_set, test_set, config, out, atk, kind, trainer, verb="attack",
-                           holdout=holdout)
+                           holdout=holdout, device=dev)
     poisoned = atk.poison(train_set, torch.Generator().manual_seed(seed))
     return train_model(model, poisoned.dataset, test_set, config, out, atk, f"{kind} {model}", dp=dp,
-                       holdout=holdout)
+                       holdout=holdout, device=dev)
 
 
 def evaluate(model_path: str | Path, attack_spec: str | Path | None = None, *,

@@ -28,6 +28,7 @@ from ..metrics import evaluate as evaluate_metrics
 from ..metrics import predict
 from ..modelfile import load_model
 from ..nn_tools import model_copy, prune_site
+from ..runtime import describe_device, run_device
 from .training import spec_for_model
 
 GTSRB_CATEGORIES = {
@@ -89,18 +90,23 @@ class TransferResult:
     after: dict[str, Any]  # the new task: clean_accuracy, triggered_accuracy (on triggered eligible inputs)
     strengthened_channels: list[int] = field(default_factory=list)
     factor: float = 1.0
+    from_scratch: bool = False  # every fully connected layer re-initialised before retraining
     wall_s: float = 0.0
+    device: dict[str, Any] = field(default_factory=dict)  # where the head was retrained (runtime.describe_device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def features_of(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The frozen part's output (normalise + convolutional features, eval mode) for every image."""
+    """The frozen part's output (normalise + convolutional features, eval mode) for every image, computed
+    where the model's parameters are."""
+    device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            out.append(model.features(model.normalize(to_float(images[i:i + batch_size]))))
+            x = to_float(images[i:i + batch_size])
+            out.append(model.features(model.normalize(x if device.type == "cpu" else x.to(device))))
     return torch.cat(out)
 
 
@@ -110,6 +116,7 @@ def train_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     in eval mode, so BatchNorm statistics stay as they were); batches drawn from a seeded generator."""
     model.eval()
     feats = features_of(model, images)
+    labels = labels.to(feats.device)
     head = model.head
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
@@ -129,12 +136,18 @@ def train_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
 def transfer(model_path: str | Path, attack_spec: str | Path, *, task: str, epochs: int = 2, lr: float = 0.01,
              batch_size: int = 64, seed: int = 0, train_size: int | None = None, factor: float = 1.0,
-             channels: int = 0, data_root: str | Path | None = None, force: bool = False) -> TransferResult:
+             channels: int = 0, from_scratch: bool = False, data_root: str | Path | None = None,
+             force: bool = False, device: str = "auto") -> TransferResult:
     """Retrain the fully connected head (`model.head`) of the model for `task` (SGD, `epochs` over the training
-    split or `train_size` seeded images of it), its convolutional features frozen, and measure it on clean and triggered test inputs of the new task (the trigger of `attack_spec`,
-    on the inputs the backdoor applies to). With `factor` != 1, the `channels` last-conv channels most raised by
-    the trigger are first scaled by `factor` (strengthening). `train_size` limits the training images (seeded)."""
+    split or `train_size` seeded images of it), its convolutional features frozen, and measure it on clean and
+    triggered test inputs of the new task: the trigger of `attack_spec` on the inputs the backdoor applies to
+    (`triggered_accuracy`) and on every test input (`triggered_accuracy_all`, the paper's "backdoored images").
+    The new output layer is always fresh; the other head layers keep their weights, or with `from_scratch` are
+    re-initialised too (the paper retrains all fully connected layers from scratch). With `factor` != 1, the
+    `channels` last-conv channels most raised by the trigger are first scaled by `factor` (strengthening).
+    `device` (auto | cpu | cuda[:N] | mps): where the head is retrained and the new task measured."""
     started = time.perf_counter()
+    dev = run_device(device, what="transfer")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(factor, (int, float)) or not 0 < factor < 1e6:
@@ -158,20 +171,29 @@ def transfer(model_path: str | Path, attack_spec: str | Path, *, task: str, epoc
         strengthen(model, chosen, float(factor))
     new_train, names = task_labels(task, m.dataset, train.labels)
     new_test, _ = task_labels(task, m.dataset, test.labels)
-    # a fresh output layer for the new classes; the rest of the head is retrained from its current weights
+    # a fresh output layer for the new classes; the rest of the head is retrained from its current weights, or
+    # from a fresh initialisation (from_scratch, seeded)
     head = model.head
     last = [i for i, layer in enumerate(head) if isinstance(layer, nn.Linear)][-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if from_scratch:
+            for layer in head:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
         head[last] = nn.Linear(head[last].in_features, len(names))
+    if dev.type != "cpu":
+        model.to(dev)
     train_head(model, train.images, new_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     model.eval()
     eligible = atk.eligible(test.labels)
     clean_pred = predict(model, test.images)
-    trig_pred = predict(model, test.images[eligible], transform=atk.apply_trigger)
+    trig_all = predict(model, test.images, transform=atk.apply_trigger)
+    trig_pred = trig_all[eligible]
     after = {"clean_accuracy": float((clean_pred == new_test).float().mean()),
              "triggered_accuracy": float((trig_pred == new_test[eligible]).float().mean()),
+             "triggered_accuracy_all": float((trig_all == new_test).float().mean()),
              "clean_accuracy_on_eligible": float((clean_pred[eligible] == new_test[eligible]).float().mean()),
              "n_test": len(test), "n_triggered": int(eligible.sum())}
-    return TransferResult(str(model_path), task, before, after, chosen, float(factor),
-                          round(time.perf_counter() - started, 1))
+    return TransferResult(str(model_path), task, before, after, chosen, float(factor), from_scratch,
+                          round(time.perf_counter() - started, 1), describe_device(dev))

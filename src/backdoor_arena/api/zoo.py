@@ -292,8 +292,10 @@ def train_zoo_model(ctx: JobContext) -> dict[str, Any]:
     # the manifest names the hold-out the model never saw, so that scans draw the defender's clean set from it
     held = len(_defender_holdout(cfg["dataset"], cfg["clean_fraction"], hseed, ctx.paths.get("data_root")))
     holdout = {"fraction": cfg["clean_fraction"], "seed": hseed, "split": "train", "n": held}
+    # model-level attacks train on the CPU only so far (train_model refuses another device for them)
+    dev = torch.device(ctx.config["device"]) if train_fn is None else torch.device("cpu")
     r = train_model(cfg["architecture"], train_set, test, train_config, out / "models" / f"{entry['name']}.safetensors",
-                    atk, entry["name"], train_fn, holdout=holdout)
+                    atk, entry["name"], train_fn, holdout=holdout, device=dev)
     if r.spec_path is not None:
         shutil.move(str(r.spec_path), out / "specs" / r.spec_path.name)  # keep specs apart from models
     ctx.run.update(train_time_s=r.manifest.training["wall_time_s"], **describe_device(torch.device(ctx.config["device"])))
@@ -308,14 +310,14 @@ def build_zoo(out: str | Path, config: ZooConfig = ZooConfig(), *, data_root: st
     time in this process; `Executor("processes", jobs=N)` or `Executor("ray", ...)` in parallel). A zoo folder
     resumes: models with a truth record or a complete sweep record (OUT/specs/sweep/) are kept, so a killed
     build continues where it stopped. An existing folder must be empty or a zoo (specs/truth.jsonl or
-    specs/sweep/), so a typo cannot fill another folder. `device`: auto | cpu (the training loop runs on
-    the CPU so far)."""
+    specs/sweep/), so a typo cannot fill another folder. `device`: auto | cpu | cuda[:N] | mps, where the
+    models train (the adaptive families' model-level attacks: the CPU), recorded in each manifest."""
     out = check_folder_output(out, resumable=True)
     if out.is_dir() and any(out.iterdir()) and not (out / "specs" / "truth.jsonl").is_file() and \
             not (out / "specs" / "sweep" / "records").is_dir():
         raise ConfigError(f"--out {shown(out)} holds files but is not a zoo folder (no specs/truth.jsonl); choose an "
                           "empty or new folder, or an existing zoo to resume")
-    dev = resolve_device(device, supported=("cpu",), what="zoo build")
+    dev = resolve_device(device, supported=("cpu", "cuda", "mps"), what="zoo build")
     with output_folder(out):  # a build that fails before any model is trained leaves nothing behind
         jobs, done = _prepare_build(out, config, data_root, str(dev))
     # from here the folder holds resumable work: kept when a job fails or the build is interrupted

@@ -12,7 +12,20 @@ import typer
 
 from .. import api, registries
 from .generate import first_line, given_plugin_params, make_command, option_parameters
-from .options import DataRoot, Force, Json, Overwrite, Quiet, parse_params, pct
+from .options import (
+    DataRoot,
+    Device,
+    ExecutorName,
+    Force,
+    Jobs,
+    Json,
+    Overwrite,
+    Quiet,
+    RayAddress,
+    make_executor,
+    parse_params,
+    pct,
+)
 
 ModelFile = Annotated[Path, typer.Argument(help="The model file to repair (.safetensors).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="The repaired model file (.safetensors); the curve is "
@@ -28,14 +41,14 @@ MaxDrop = Annotated[float, typer.Option(
     help="Pruning stops before clean accuracy on the clean set drops by more than this fraction (0.04 = 4 points).")]
 Epochs = Annotated[int, typer.Option(help="Fine-tuning epochs over the clean set.")]
 Lr = Annotated[float, typer.Option(help="Fine-tuning learning rate (constant, SGD with momentum 0.9).")]
-SHARED = ("seed", "progress")  # given by the command's own options
+SHARED = ("seed", "progress", "device")  # given by the command's own options
 
 
 def _common_options() -> list[inspect.Parameter]:
     def options(model_file: ModelFile, out: Out, clean_fraction: CleanFraction = 0.05,
                 attack_spec: AttackSpec = None, seed: Seed = 0, param: Param = None, data_root: DataRoot = None,
                 quiet: Quiet = False, json_out: Json = False, overwrite: Overwrite = False,
-                force: Force = False) -> None: ...
+                force: Force = False, device: Device = "auto") -> None: ...
 
     return list(inspect.signature(options, eval_str=True).parameters.values())
 
@@ -62,7 +75,7 @@ def _mitigation_command(name: str) -> Any:
         params = {**parse_params(v["param"]), **given_plugin_params(factory, v, skip=SHARED, prefix="p_")}
         r = api.defend(name, v["model_file"], v["out"], clean_fraction=v["clean_fraction"],
                        attack_spec=v["attack_spec"], seed=v["seed"], params=params, data_root=v["data_root"],
-                       progress=not v["quiet"], overwrite=v["overwrite"], force=v["force"])
+                       progress=not v["quiet"], overwrite=v["overwrite"], force=v["force"], device=v["device"])
         _print(r, v["json_out"])
 
     return make_command(body, _common_options() + option_parameters(factory, skip=SHARED, prefix="p_"),
@@ -95,7 +108,8 @@ def register(app: typer.Typer) -> None:
         dp_epochs: Annotated[int, typer.Option(help="DP-SGD epochs.")] = 4,
         epochs: Annotated[int, typer.Option(help="Epochs of the MNIST models trained here.")] = 4,
         seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
-        overwrite: Overwrite = False,
+        overwrite: Overwrite = False, executor: ExecutorName = "local", jobs: Jobs = None, address: RayAddress = None,
+        device: Device = "auto",
     ) -> None:
         """Run every removal defense (and DP-SGD training) on BadNets and pruning-aware models; write a table
         (summary.md), records and figures into --out."""
@@ -103,7 +117,8 @@ def register(app: typer.Typer) -> None:
                              gtsrb_model=gtsrb_model, clean_fraction=clean_fraction,
                              max_accuracy_drop=max_accuracy_drop, tune_epochs=tune_epochs, tune_lr=tune_lr,
                              dp_clip=dp_clip, dp_noise=dp_noise, dp_epochs=dp_epochs, epochs=epochs, seed=seed,
-                             data_root=data_root, progress=not quiet, overwrite=overwrite)
+                             data_root=data_root, progress=not quiet, overwrite=overwrite,
+                             executor=make_executor(executor, jobs, address), device=device)
         if json_out:
             typer.echo(json.dumps({k: r[k] for k in ("config", "rows", "figures", "wall_time_s")}, sort_keys=True,
                                   default=str))

@@ -12,9 +12,22 @@ import typer
 
 from .. import api, registries
 from .generate import first_line, given_plugin_params, make_command, option_parameters
-from .options import DataRoot, Force, Json, Overwrite, Quiet, emit, parse_params
+from .options import (
+    DataRoot,
+    Device,
+    ExecutorName,
+    Force,
+    Jobs,
+    Json,
+    Overwrite,
+    Quiet,
+    RayAddress,
+    emit,
+    make_executor,
+    parse_params,
+)
 
-SHARED = ("seed", "progress")
+SHARED = ("seed", "progress", "device")
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).")]
 Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="Detector parameter key=value (repeatable), "
@@ -78,7 +91,8 @@ def _common_options() -> list[inspect.Parameter]:
                 retrain_epochs: Annotated[int, typer.Option(
                     help="Data filters: retrain on the kept samples for this many epochs (0: no retraining).")] = 0,
                 out: OutDir = None, data_root: DataRoot = None, json_out: Json = False,
-                quiet: Quiet = False, overwrite: Overwrite = False, force: Force = False) -> None: ...
+                quiet: Quiet = False, overwrite: Overwrite = False, force: Force = False,
+                device: Device = "auto") -> None: ...
 
     return list(inspect.signature(options, eval_str=True).parameters.values())
 
@@ -98,7 +112,7 @@ def _detector_command(kind: str, name: str) -> Any:
                        clean_fraction=v["clean_fraction"], seed=v["seed"], clean_dataset=v["clean_dataset"],
                        n_eval=v["n_eval"], retrain_epochs=v["retrain_epochs"], out=v["out"],
                        data_root=v["data_root"], progress=not v["quiet"], overwrite=v["overwrite"],
-                       force=v["force"]).to_dict()
+                       force=v["force"], device=v["device"]).to_dict()
         emit(r, v["json_out"], _summary_lines(r))
 
     return make_command(body, _common_options() + option_parameters(factory, skip=SHARED, prefix="p_"),
@@ -120,12 +134,12 @@ def register(app: typer.Typer) -> None:
                      time_budget: TimeBudget = None, calibration: CalibrationFile = None,
                      clean_fraction: CleanFraction = 0.05, seed: Seed = 0,
                      data_root: DataRoot = None, json_out: Json = False, quiet: Quiet = False,
-                     overwrite: Overwrite = False) -> None:
+                     overwrite: Overwrite = False, device: Device = "auto") -> None:
         """Run every model-level detector on a model file; write one report (JSON and PNGs). With --calibration,
         one calibrated probability that the model is backdoored."""
         r = api.scan(model_file, out, params=_scan_params(param), detectors=detector, time_budget_s=time_budget,
                      calibration=calibration, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
-                     progress=not quiet, overwrite=overwrite).to_dict()
+                     progress=not quiet, overwrite=overwrite, device=device).to_dict()
         lines = [line for d in r["detectors"].values() for line in _summary_lines(d)]
         lines += [f"{name}: {f['status']} after {f['wall_time_s']:.1f} s ({f['error']})"
                   for name, f in r["failures"].items()]
@@ -142,11 +156,13 @@ def register(app: typer.Typer) -> None:
                                out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file (JSON).")],
                                param: ScanParam = None, detector: Detectors = None, time_budget: TimeBudget = None,
                                clean_fraction: CleanFraction = 0.05, seed: Seed = 0, data_root: DataRoot = None,
-                               quiet: Quiet = False) -> None:
+                               quiet: Quiet = False, executor: ExecutorName = "local", jobs: Jobs = None,
+                               address: RayAddress = None, device: Device = "auto") -> None:
         """Scan every model of a labelled zoo and write the calibration that `scan --calibration` uses."""
         path = api.scan_calibrate(zoo_dir, out, detectors=detector, params=_scan_params(param),
                                   time_budget_s=time_budget, clean_fraction=clean_fraction, seed=seed,
-                                  data_root=data_root, progress=not quiet)
+                                  data_root=data_root, progress=not quiet,
+                                  executor=make_executor(executor, jobs, address), device=device)
         typer.echo(f"wrote {path}")
 
     @app.command("scan-zoo")
@@ -154,11 +170,12 @@ def register(app: typer.Typer) -> None:
                          out: OutDir = None, param: ScanParam = None, detector: Detectors = None,
                          time_budget: TimeBudget = None, calibration: CalibrationFile = None,
                          clean_fraction: CleanFraction = 0.05, seed: Seed = 0, data_root: DataRoot = None,
-                         json_out: Json = False, quiet: Quiet = False) -> None:
+                         json_out: Json = False, quiet: Quiet = False, executor: ExecutorName = "local",
+                         jobs: Jobs = None, address: RayAddress = None, device: Device = "auto") -> None:
         """Scan every model of a zoo: AUROC per detector (and of the calibrated verdict), ROC plot."""
         s = api.scan_zoo(zoo_dir, out, detectors=detector, params=_scan_params(param), time_budget_s=time_budget,
                          calibration=calibration, clean_fraction=clean_fraction, seed=seed, data_root=data_root,
-                         progress=not quiet)
+                         progress=not quiet, executor=make_executor(executor, jobs, address), device=device)
         lines = [f"{name}: AUROC {_num(d.get('auroc'))}, TPR@5%FPR {_num(d.get('tpr_at_5pct_fpr'))}, "
                  f"{d['n_failed']} failed, {_num(d['wall_time_s_mean'])} s per model"
                  for name, d in s["detectors"].items()]

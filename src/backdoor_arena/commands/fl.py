@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import api
-from .options import DataRoot, ExecutorName, Jobs, Overwrite, Quiet, RayAddress, make_executor
+from .options import DataRoot, Device, ExecutorName, Jobs, Overwrite, Quiet, RayAddress, make_executor
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         seeds: Annotated[str | None, typer.Option("--seeds", help="Run once per seed (comma-separated, e.g. 0,1,2) "
                                                   "into OUT/seed-N/, one job per seed through --executor; a rerun "
                                                   "skips the seeds already done.")] = None,
-        executor: ExecutorName = "local", jobs: Jobs = None, address: RayAddress = None,
+        executor: ExecutorName = "local", jobs: Jobs = None, address: RayAddress = None, device: Device = "auto",
     ) -> None:
         """Run SCENARIO.toml: one JSONL record per round, PNG plots shaped like the paper's."""
         threads = api.fl_validate(scenario, overrides or [])["threads"]
@@ -37,10 +37,10 @@ def register(app: typer.Typer) -> None:
             api.set_threads(threads)
         if seeds is not None or executor != "local" or jobs is not None or address is not None:
             _run_seeds(scenario, overrides or [], out, seeds, make_executor(executor, jobs, address, threads or None),
-                       quiet, json_out, data_root, overwrite)
+                       quiet, json_out, data_root, overwrite, device)
             return
         results = api.fl_run(scenario, out, overrides or [], progress=not quiet, data_root=data_root,
-                             overwrite=overwrite)
+                             overwrite=overwrite, device=device)
         summaries = {label or "run": r.summary for label, r in results.items()}
         if json_out:
             typer.echo(json.dumps(summaries, sort_keys=True, default=str))
@@ -62,11 +62,11 @@ def register(app: typer.Typer) -> None:
         data_root: DataRoot = None,
         quiet: Quiet = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the cell records as JSON lines.")] = False,
-        overwrite: Overwrite = False,
+        overwrite: Overwrite = False, device: Device = "auto",
     ) -> None:
         """Run every attack against every aggregator of SCENARIO's [matrix] table; a heatmap and worst cases."""
         records = api.fl_matrix(scenario, out, overrides or [], progress=not quiet and not json_out,
-                                data_root=data_root, resume=resume, overwrite=overwrite)
+                                data_root=data_root, resume=resume, overwrite=overwrite, device=device)
         if json_out:
             for r in records:
                 typer.echo(json.dumps(r, sort_keys=True, default=str))
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_seeds(scenario: Path, overrides: list[str], out: Path, seeds: str | None, ex: object, quiet: bool,
-               json_out: bool, data_root: Path | None, overwrite: bool) -> None:
+               json_out: bool, data_root: Path | None, overwrite: bool, device: str = "auto") -> None:
     if seeds is None:
         raise api.ConfigError("--executor, --jobs and --address run one job per seed: give --seeds, e.g. --seeds 0,1,2")
     try:
@@ -97,7 +97,7 @@ def _run_seeds(scenario: Path, overrides: list[str], out: Path, seeds: str | Non
     except ValueError:
         raise api.ConfigError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
     per_seed = api.fl_run_seeds(scenario, out, numbers, overrides, executor=ex, progress=not quiet,
-                                data_root=data_root, overwrite=overwrite)
+                                data_root=data_root, overwrite=overwrite, device=device)
     if json_out:
         typer.echo(json.dumps({str(k): v for k, v in per_seed.items()}, sort_keys=True, default=str))
         return

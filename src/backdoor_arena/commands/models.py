@@ -12,8 +12,15 @@ from typing import Annotated, Any
 import typer
 
 from .. import api, registries
-from .generate import first_line, given_plugin_params, make_command, option_parameters
-from .options import DataRoot, Force, Json, Overwrite, Quiet, emit, pct
+from .attack_options import (
+    attack_option_parameters,
+    given_attack_params,
+    given_trigger_options,
+    model_attack_option_parameters,
+    trigger_option_parameters,
+)
+from .generate import first_line, given_plugin_params, make_command
+from .options import DataRoot, Device, Force, Json, Overwrite, Quiet, emit, pct
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output model file (.safetensors).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
@@ -65,13 +72,13 @@ def train(
     lr: Lr = 0.05, momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
     data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5, overwrite: Overwrite = False,
-    defender_holdout: Holdout = 0.05,
+    defender_holdout: Holdout = 0.05, device: Device = "auto",
 ) -> None:
     """Train a clean model and write it as a model file (with --dp-clip/--dp-noise: by DP-SGD)."""
     r = api.train(dataset, model, out, epochs=epochs, seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr,
                   momentum=momentum, weight_decay=weight_decay, schedule=schedule, data_root=data_root,
                   progress=not quiet, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
-                  overwrite=overwrite, defender_holdout=defender_holdout)
+                  overwrite=overwrite, defender_holdout=defender_holdout, device=device)
     privacy = _privacy(r.manifest)
     emit(r.to_dict(), json_out,
           [f"wrote {r.path}", f"clean accuracy {pct(r.metrics['clean_accuracy'])} "
@@ -114,11 +121,11 @@ def wrap(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("demo-report"),
     epochs: Epochs = 4, seed: Seed = 0, data_root: DataRoot = None, quiet: Quiet = False,
-    overwrite: Overwrite = False, defender_holdout: Holdout = 0.05,
+    overwrite: Overwrite = False, defender_holdout: Holdout = 0.05, device: Device = "auto",
 ) -> None:
     """Train a clean and a BadNets MNIST model, evaluate both, write a report folder (JSON + PNG)."""
     r = api.demo(out, epochs=epochs, seed=seed, data_root=data_root, progress=not quiet, overwrite=overwrite,
-                 defender_holdout=defender_holdout)
+                 defender_holdout=defender_holdout, device=device)
     for line in r.lines:
         typer.echo(line)
 
@@ -164,7 +171,7 @@ def _attack_options() -> list[inspect.Parameter]:
         momentum: Momentum = 0.9, weight_decay: WeightDecay = 0.0, schedule: Schedule = "cosine",
         data_root: DataRoot = None, quiet: Quiet = False, json_out: Json = False,
         dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = 1e-5, overwrite: Overwrite = False,
-        defender_holdout: Holdout = 0.05,
+        defender_holdout: Holdout = 0.05, device: Device = "auto",
     ) -> None: ...
 
     return list(inspect.signature(attack_options, eval_str=True).parameters.values())
@@ -173,14 +180,15 @@ def _attack_options() -> list[inspect.Parameter]:
 def _run_attack(kind: str, values: dict[str, Any], extra: dict[str, Any]) -> None:
     v = values
     options = {"size": v["trigger_size"], "color": _parse_color(v["color"]), "position": _parse_position(v["position"]),
-               "margin": v["margin"], "alpha": v["alpha"]}
+               "margin": v["margin"], "alpha": v["alpha"], **given_trigger_options(v)}
     r = api.attack(kind, v["dataset"], v["model"], v["out"], target=v["target"], trigger=v["trigger"],
                    trigger_options=options, mode=v["mode"], sources=tuple(v["source"] or ()),
                    poison_rate=v["poison_rate"], injection=v["injection"], cover_rate=v["cover_rate"],
                    epochs=v["epochs"], seed=v["seed"], batch_size=v["batch_size"], optimizer=v["optimizer"],
                    lr=v["lr"], momentum=v["momentum"], weight_decay=v["weight_decay"], schedule=v["schedule"],
                    data_root=v["data_root"], progress=not v["quiet"], dp_clip=v["dp_clip"], dp_noise=v["dp_noise"],
-                   dp_delta=v["dp_delta"], overwrite=v["overwrite"], defender_holdout=v["defender_holdout"], **extra)
+                   dp_delta=v["dp_delta"], overwrite=v["overwrite"], defender_holdout=v["defender_holdout"],
+                   device=v["device"], **extra)
     m = r.metrics
     privacy = _privacy(r.manifest)
     emit(r.to_dict(), v["json_out"],
@@ -191,15 +199,19 @@ def _run_attack(kind: str, values: dict[str, Any], extra: dict[str, Any]) -> Non
 
 def _data_attack_command(name: str) -> Callable[..., None]:
     def body(**values: Any) -> None:
-        _run_attack(name, values, {})
+        _run_attack(name, values, {"attack_params": given_attack_params(name, values) or None})
 
     factory = registries.ATTACKS.get(name)
-    return make_command(body, _attack_options(), f"{first_line(factory)} {COMMON_ATTACK_DOC}")
+    common = _attack_options()
+    own = attack_option_parameters(name, {p.name for p in common})
+    taken = {p.name for p in common} | {p.name.removeprefix("attack_param_") for p in own}
+    return make_command(body, common + own + trigger_option_parameters(taken),
+                        f"{first_line(factory)} {COMMON_ATTACK_DOC}")
 
 
 def _model_attack_command(name: str) -> Callable[..., None]:
     factory = registries.MODEL_ATTACKS.get(name)
-    own = option_parameters(factory, skip=("poisoning",), prefix="attack_")
+    own = model_attack_option_parameters(factory, {p.name for p in _attack_options()})
     extra_options = [
         inspect.Parameter("poisoning", inspect.Parameter.KEYWORD_ONLY, default="badnets", annotation=Annotated[
             str, typer.Option(help=f"The data poisoning inside: {', '.join(registries.ATTACKS.names())}.")]),
@@ -212,7 +224,8 @@ def _model_attack_command(name: str) -> Callable[..., None]:
         _run_attack(name, values, {"poisoning": values["poisoning"], "clean_model": values["clean_model"],
                                    "attack_params": params})
 
-    return make_command(body, _attack_options() + extra_options + own,
+    taken = {p.name for p in _attack_options() + extra_options} | {p.name.removeprefix("attack_") for p in own}
+    return make_command(body, _attack_options() + extra_options + own + trigger_option_parameters(taken),
                         f"{first_line(factory)} (a model-level attack) {COMMON_ATTACK_DOC}")
 
 

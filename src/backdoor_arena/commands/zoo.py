@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
                   families: Annotated[str | None, typer.Option(
                       help="Comma-separated attack families the backdoored models cycle over (default: "
                            f"{','.join(api.zoo.DEFAULT_FAMILIES)}; also {','.join(api.zoo.EXTRA_FAMILIES)}).")] = None,
+                  holdout_seed: Annotated[int | None, typer.Option(
+                      help="Seed of the defenders' hold-out (default: --seed); zoos sharing it share the defenders' "
+                           "clean set.")] = None,
                   threads: Annotated[int | None, typer.Option(
                       help="CPU threads in all (default: $BACKDOOR_ARENA_THREADS, else all cores); split among "
                            "--jobs workers.")] = None,
@@ -62,7 +65,7 @@ def register(app: typer.Typer) -> None:
             api.set_threads(threads)
         records = api.build_zoo(out, api.ZooConfig(dataset=dataset, architecture=model, clean=clean,
                                                    backdoored=backdoored, epochs=epochs, train_size=train_size,
-                                                   seed=seed, max_epochs=max_epochs,
+                                                   seed=seed, max_epochs=max_epochs, holdout_seed=holdout_seed,
                                                    **({"families": tuple(f.strip() for f in families.split(","))}
                                                       if families else {})),
                                 data_root=data_root, progress=not quiet, executor=ex, device=device)

@@ -16,11 +16,13 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..nn_tools import clean_accuracy_of, frozen_channels, model_copy, prune_site
+from ..runtime import resolve_device
 from ..train import OPTIMIZERS, TrainConfig, fit
 from . import MITIGATIONS
 from .base import Monitor, Repaired, check_clean_set
@@ -45,20 +47,25 @@ _TUNE_HELP = {
     "weight_decay": "L2 weight decay, >= 0.",
     "seed": "Seed of the batch order (and dropout).",
     "progress": "Show a progress bar.",
+    "device": "Where the fine-tuning runs: cpu, cuda[:N] or mps (the repaired model comes back on the CPU).",
 }
 
 
 def fine_tune(model: nn.Module, clean: Dataset, config: TrainConfig, *, monitor: Monitor | None = None,
-              frozen: list[int] | None = None, description: str = "fine-tune") -> tuple[nn.Module, list]:
-    """Fine-tune a copy of `model` on `clean`; the `frozen` channels of the last conv layer stay at zero.
-    Returns the copy and the curve (epoch 0 = before; then one row per epoch)."""
+              frozen: list[int] | None = None, description: str = "fine-tune",
+              device: torch.device | None = None) -> tuple[nn.Module, list]:
+    """Fine-tune a copy of `model` on `clean` (on `device`, default the CPU); the `frozen` channels of the last
+    conv layer stay at zero. Returns the copy (on the CPU) and the curve (epoch 0 = before; then one row per
+    epoch)."""
     work = model_copy(model)
+    if device is not None and device.type != "cpu":
+        work.to(device)  # before the freezing hooks: their masks are made where the parameters are
     curve: list[dict[str, float]] = [{"epoch": 0, **(monitor(work) if monitor else {})}]
     hold = frozen_channels(prune_site(work), frozen) if frozen else contextlib.nullcontext()
     with hold:
-        history = fit(work, clean, config, evaluate=monitor, description=description)
+        history = fit(work, clean, config, evaluate=monitor, description=description, device=device)
     curve += [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in history.epochs]
-    return work.eval(), curve
+    return work.cpu().eval(), curve
 
 
 @MITIGATIONS.register("fine-tuning")
@@ -71,17 +78,19 @@ class FineTuning:
     param_help: ClassVar[dict[str, str]] = _TUNE_HELP
 
     def __init__(self, epochs: int = 10, lr: float = 0.01, *, batch_size: int = 64, optimizer: str = "sgd",
-                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
+                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, progress: bool = False,
+                 device: str = "cpu") -> None:
         self.config = _tune_config(epochs, lr, batch_size, optimizer, momentum, weight_decay, seed, progress)
+        self.device = resolve_device(device, what="fine-tuning")
 
     def params(self) -> dict[str, Any]:
-        return self.config.to_dict()
+        return self.config.to_dict()  # the device is recorded apart (it changes where, not what, is computed)
 
     def repair(self, model: nn.Module, clean: Dataset, *, monitor: Monitor | None = None) -> Repaired:
         start = time.perf_counter()
         check_clean_set(model, clean, "fine-tuning")
         before = clean_accuracy_of(model, clean)
-        tuned, curve = fine_tune(model, clean, self.config, monitor=monitor)
+        tuned, curve = fine_tune(model, clean, self.config, monitor=monitor, device=self.device)
         info = {"defense": "fine-tuning", "params": self.params(), "holdout_accuracy_before": before,
                 "clean_samples": len(clean), "wall_time_s": time.perf_counter() - start}
         return Repaired(tuned, curve, info)
@@ -102,8 +111,9 @@ class FinePruning:
 
     def __init__(self, max_accuracy_drop: float = 0.04, epochs: int = 10, lr: float = 0.01, *, step: int = 1,
                  full_curve: bool = True, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
-                 weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> None:
+                 weight_decay: float = 0.0, seed: int = 0, progress: bool = False, device: str = "cpu") -> None:
         check_fraction("max_accuracy_drop", max_accuracy_drop, low_open=False)
+        self.device = resolve_device(device, what="fine-pruning")  # the fine-tuning's; pruning runs on the CPU
         self.pruning = Pruning(max_accuracy_drop, step=step, full_curve=full_curve, progress=progress)
         self.config = _tune_config(epochs, lr, batch_size, optimizer, momentum, weight_decay, seed, progress)
 
@@ -115,7 +125,7 @@ class FinePruning:
         pruned = self.pruning.repair(model, clean, monitor=monitor)
         channels = pruned.info["pruned_channels"]
         tuned, tune_curve = fine_tune(pruned.model, clean, self.config, monitor=monitor, frozen=channels,
-                                      description="fine-prune")
+                                      description="fine-prune", device=self.device)
         curve = [{"stage": "prune", **row} for row in pruned.curve]
         curve += [{"stage": "fine-tune", **row} for row in tune_curve]
         info = {**pruned.info, "defense": "fine-pruning", "params": self.params(),

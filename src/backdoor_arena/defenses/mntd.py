@@ -32,7 +32,9 @@ from torch import nn
 from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..nn_tools import model_copy
+from ..runtime import resolve_device
 from ..safeio import atomic_write_text
+from ..sweep import Executor
 from . import MODEL_DETECTORS
 from .base import ModelVerdict, check_clean_set
 from .mntd_shadows import (
@@ -118,7 +120,7 @@ class MNTD:
         ({"n_clean": 1}, "n_clean"), ({"n_backdoored": 0}, "n_backdoored"), ({"families": ("mask", "laser")}, "families"),
         ({"nu": 1.5}, "nu"), ({"n_queries": 0}, "n_queries"), ({"shadow_epochs": 0}, "shadow_epochs"),
         ({"architecture": "resnet-9000"}, "unknown model"), ({"optimizers": ("rmsprop",)}, "optimizers"),
-        ({"poison_rates": (0.5, 0.1)}, "poison_rates"))
+        ({"poison_rates": (0.5, 0.1)}, "poison_rates"), ({"executor": "threads"}, "executor"))
     param_help: ClassVar[dict[str, str]] = {
         "cache_dir": "Folder of the shadow models and fitted meta-classifiers (reused and resumed); none: memory.",
         "architecture": "Architecture of the shadow models (the paper: the suspect's own).",
@@ -136,6 +138,9 @@ class MNTD:
         "one_class": "The one-class variant: trained on clean shadows only.",
         "nu": "One-class: the share of clean shadows allowed above the threshold, in (0, 1).",
         "seed": "Seed of the shadow plan, the queries and the meta-training.",
+        "device": "Where the shadow models train: cpu, cuda[:N] or mps (meta-training runs on the CPU).",
+        "executor": "How the shadow models train: local (one at a time), processes (a pool of `jobs`) or ray.",
+        "jobs": "Parallel shadow trainings for the processes or ray executor (default: one per core).",
     }
 
     def __init__(self, cache_dir: str | Path | None = None, *, architecture: str = "badnet-mnist",
@@ -143,7 +148,8 @@ class MNTD:
                  optimizers: tuple[str, ...] = ("sgd", "adam"), poison_rates: tuple[float, float] = POISON_RATES,
                  shadow_epochs: int = 2, n_queries: int = 10,
                  meta_epochs: int = 30, meta_lr: float = 1e-3, tune_queries: bool = True, one_class: bool = False,
-                 nu: float = 0.1, seed: int = 0) -> None:
+                 nu: float = 0.1, seed: int = 0, device: str = "cpu", executor: str = "local",
+                 jobs: int | None = None) -> None:
         from ..models import MODELS
 
         MODELS.get(architecture)
@@ -164,8 +170,13 @@ class MNTD:
             problems.append(f"meta_lr must be positive, got {meta_lr!r}")
         if not (isinstance(nu, (int, float)) and not isinstance(nu, bool) and 0 < nu < 1):
             problems.append(f"nu must be in (0, 1), got {nu!r}")
+        try:
+            self.executor = Executor(executor, jobs=jobs)
+        except ConfigError as exc:
+            problems.append(str(exc))
         if problems:
             raise ConfigError("mntd: " + "; ".join(problems))
+        self.device = resolve_device(device, what="mntd")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.fitted: dict[str, MetaClassifier] = {}  # meta-models this detector fitted, by key (no cache_dir)
         self.architecture, self.n_clean = architecture, n_clean
@@ -217,7 +228,8 @@ class MNTD:
         plan = shadow_plan(self.n_clean, self.n_backdoored, self.families, clean.num_classes,
                            clean.info.input_shape[-1], self.optimizers, self.seed, self.poison_rates)
         folder = self.cache_dir / f"shadows-{zoo_key}" if self.cache_dir is not None else None
-        shadows = build_shadows(clean, plan, self.architecture, self.shadow_epochs, zoo_key, folder)
+        shadows = build_shadows(clean, plan, self.architecture, self.shadow_epochs, zoo_key, folder,
+                                executor=self.executor, device=self.device)
         labels = [e["backdoored"] for e in plan]
         meta = train_meta(shadows, labels, clean.float_images(), clean.num_classes, n_queries=self.n_queries,
                           epochs=self.meta_epochs, lr=self.meta_lr, one_class=self.one_class, nu=self.nu,

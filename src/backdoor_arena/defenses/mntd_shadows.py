@@ -19,23 +19,31 @@ its random pattern included), so a shadow's spec is all that is needed to reprod
 
 Shadows are cached as model files (safetensors with a JSON manifest, `modelfile.save_model`) whose manifest
 carries the shadow's spec; `build_shadows` skips a shadow whose file exists and verifies (hashes, spec,
-architecture), so an interrupted build resumes.
+architecture), so an interrupted build resumes. Each shadow to train is one sweep job (`mntd-shadow`,
+backdoor_arena.sweep) run through an executor (local, a process pool, Ray): the job writes the shadow's file,
+its record (the file's tensor hash) goes to FOLDER/sweep/. Workers of another process read the defender's
+clean set from FOLDER/clean-set-<digest>.data (safetensors), written once by the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data.dataset import Dataset, to_float
+from ..data.dataset import Dataset, DatasetInfo, to_float
 from ..errors import ArenaError, ConfigError
 from ..modelfile import Manifest, read_manifest, read_tensors, save_model, tensors_sha256
 from ..models import build_model
+from ..sweep import Executor, Job, JobContext, run_sweep, sweep_job
 from ..train import TrainConfig, create_model, fit
 from ..triggers import make_trigger
 
@@ -134,15 +142,17 @@ def shadow_plan(n_clean: int, n_backdoored: int, families: tuple[str, ...], num_
     return plan
 
 
-def train_shadow(entry: dict[str, Any], data: Dataset, architecture: str, epochs: int) -> nn.Module:
-    """One shadow, trained on the defender's clean set (poisoned with its trigger if backdoored)."""
+def train_shadow(entry: dict[str, Any], data: Dataset, architecture: str, epochs: int,
+                 device: torch.device | None = None) -> nn.Module:
+    """One shadow, trained on the defender's clean set (poisoned with its trigger if backdoored), on `device`
+    (default: the CPU); returned on the CPU."""
     train_set = data
     if entry["backdoored"]:
         train_set = poison_jumbo(data, entry["trigger"], torch.Generator().manual_seed(entry["seed"]))
     model, _ = create_model(architecture, data.info, entry["seed"])
     fit(model, train_set, TrainConfig(epochs=epochs, optimizer=entry["optimizer"], lr=entry["lr"], seed=entry["seed"],
-                                      progress=False), description=entry["name"])
-    return model.eval()
+                                      progress=False), description=entry["name"], device=device)
+    return model.cpu().eval()
 
 
 def _manifest(architecture: str, data: Dataset, entry: dict[str, Any], key: str) -> Manifest:
@@ -191,21 +201,100 @@ def shadow_file_name(entry: dict[str, Any]) -> str:
     return f"{entry['name']}-{spec}.safetensors"
 
 
+def clean_set_path(folder: Path, digest: str) -> Path:
+    return folder / f"clean-set-{digest[:16]}.data"
+
+
+def save_clean_set(path: Path, data: Dataset) -> None:
+    """The defender's clean set as safetensors (pixels, labels; the description in the metadata), for workers."""
+    tmp = path.with_suffix(".tmp")
+    save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp),
+              metadata={"info": json.dumps(asdict(data.info))})
+    tmp.replace(path)
+
+
+def load_clean_set(path: Path, digest: str) -> Dataset:
+    """The clean set a driver saved, checked against its digest (a changed file is refused, never used)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = json.loads((f.metadata() or {})["info"])
+        info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        tensors = load_file(str(path))
+        data = Dataset(info, tensors["images"], tensors["labels"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"mntd: cannot read the shadows' clean set {path} ({exc}); run again") from None
+    if data_digest(data) != digest:
+        raise ConfigError(f"mntd: the shadows' clean set {path} changed since the build started; run again")
+    return data
+
+
+@sweep_job("mntd-shadow")
+def shadow_job(ctx: JobContext) -> dict[str, Any]:
+    """Sweep job: train one shadow of a plan and write it to FOLDER (the cache's file name and manifest)."""
+    cfg, entry = ctx.config, ctx.config["entry"]
+    # every job reads the driver's file (a few MB against minutes of training): no cache that outlives the job
+    data = load_clean_set(Path(ctx.paths["data"]), cfg["data_sha256"])
+    model = train_shadow(entry, data, cfg["architecture"], cfg["epochs"], torch.device(cfg["device"]))
+    manifest = save_model(Path(ctx.paths["folder"]) / shadow_file_name(entry), model,
+                          _manifest(cfg["architecture"], data, entry, cfg["key"]))
+    return {"name": entry["name"], "tensors_sha256": manifest.tensors_sha256}
+
+
 def build_shadows(data: Dataset, plan: list[dict[str, Any]], architecture: str, epochs: int, key: str,
-                  folder: str | Path | None = None) -> list[nn.Module]:
+                  folder: str | Path | None = None, *, executor: Executor | None = None,
+                  device: torch.device | None = None, progress: bool = False) -> list[nn.Module]:
     """Every shadow of `plan`, in order: loaded from `folder` when its file verifies, else trained (and then
     saved there, when a folder is given). `key` names the data and training (architecture, epochs) the
-    shadows of `folder` share; it is written into each manifest and checked on loading."""
-    models = []
-    for entry in plan:
-        path = Path(folder) / shadow_file_name(entry) if folder is not None else None
-        model = load_shadow(path, architecture, entry, key) if path is not None else None
-        if model is None:
-            model = train_shadow(entry, data, architecture, epochs)
-            if path is not None:
-                save_model(path, model, _manifest(architecture, data, entry, key))
-        models.append(model)
-    return models
+    shadows of `folder` share; it is written into each manifest and checked on loading. The shadows to train
+    are one sweep job each through `executor` (default: one at a time in this process; without a folder, a
+    temporary one holds their files), on `device` (default: the CPU)."""
+    folder = Path(folder) if folder is not None else None
+    executor = executor or Executor()
+    device = device if device is not None else torch.device("cpu")
+    models: dict[str, nn.Module] = {}
+    if folder is not None:
+        for entry in plan:
+            model = load_shadow(folder / shadow_file_name(entry), architecture, entry, key)
+            if model is not None:
+                models[entry["name"]] = model
+    todo = [e for e in plan if e["name"] not in models]
+    if todo and folder is None and executor.name == "local":  # nothing to keep: train here, in memory
+        for entry in todo:
+            models[entry["name"]] = train_shadow(entry, data, architecture, epochs, device)
+    elif todo:
+        models.update(_sweep_shadows(data, todo, architecture, epochs, key, folder, executor, device, progress))
+    return [models[e["name"]] for e in plan]
+
+
+def _sweep_shadows(data: Dataset, todo: list[dict[str, Any]], architecture: str, epochs: int, key: str,
+                   folder: Path | None, executor: Executor, device: torch.device,
+                   progress: bool) -> dict[str, nn.Module]:
+    digest = data_digest(data)
+    with contextlib.ExitStack() as stack:
+        where = folder if folder is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="mntd-shadows-")))
+        where.mkdir(parents=True, exist_ok=True)
+        data_path = clean_set_path(where, digest)
+        if not data_path.is_file():
+            save_clean_set(data_path, data)
+        paths = {"folder": str(where.resolve()), "data": str(data_path.resolve())}
+        jobs = [Job("mntd-shadow", {"entry": e, "architecture": architecture, "epochs": epochs, "key": key,
+                                    "data_sha256": digest, "device": str(device)}, seed=e["seed"], label=e["name"],
+                    paths=paths) for e in todo]
+        for job in jobs:  # a record whose shadow file is gone or does not verify is not a finished job
+            (where / "sweep" / "records" / f"{job.id}.json").unlink(missing_ok=True)
+        result = run_sweep(jobs, where / "sweep", executor, progress=progress, desc="mntd shadows")
+        result.raise_for_failures()
+        models = {}
+        for entry in todo:
+            model = load_shadow(where / shadow_file_name(entry), architecture, entry, key)
+            if model is None:
+                raise ConfigError(f"mntd: shadow {entry['name']} was trained but its file in {where} does not verify; "
+                                  "is another process writing there? Run again")
+            models[entry["name"]] = model
+        return models
 
 
 def check_shadow_counts(n_clean: Any, n_backdoored: Any, one_class: bool) -> list[str]:

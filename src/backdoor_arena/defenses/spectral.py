@@ -24,7 +24,7 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..nn_tools import model_copy, penultimate_features
 from . import DATA_FILTERS
-from .activation_clustering import principal_axes
+from .activation_clustering import principal_axes, varying_columns
 from .base import check_clean_set
 
 PROJECTIONS = ("centred", "uncentred")
@@ -34,10 +34,11 @@ PROJECTIONS = ("centred", "uncentred")
 def spectral_scores(reps: torch.Tensor, centred: bool = True) -> torch.Tensor:
     """(R_i - mean) . v squared (centred) or R_i . v squared (uncentred), v the top right singular vector
     of the centred representations."""
-    r = reps.double()
+    if len(reps) < 2:
+        return torch.zeros(len(reps), dtype=torch.float64)
+    # constant columns (units that never fire) centre to zero: v is zero there and they add nothing
+    r = varying_columns(reps).double()
     centred_reps = r - r.mean(0, keepdim=True)
-    if len(r) < 2:
-        return torch.zeros(len(r), dtype=torch.float64)
     v = principal_axes(centred_reps, 1)[0][:, 0]  # the top right singular vector (its sign does not matter)
     return ((centred_reps if centred else r) @ v) ** 2
 
@@ -75,12 +76,14 @@ class SpectralSignatures:
     def score(self, model: nn.Module, dataset: Dataset) -> torch.Tensor:
         net = model_copy(model)
         check_clean_set(net, dataset.images[:1], "spectral")
-        reps = penultimate_features(net, dataset.images, self.batch_size)
+        reps = penultimate_features(net, dataset.images, self.batch_size, optimise=True)
         scores = torch.zeros(len(dataset), dtype=torch.float64)
-        for c in dataset.labels.unique().tolist():
-            sel = dataset.labels == c
-            s = spectral_scores(reps[sel], centred=self.projection == "centred")
-            scores[sel] = s / s.mean().clamp_min(1e-12)
+        # each class's samples in one contiguous block, in their original order (one gather, no mask per class)
+        order = torch.argsort(dataset.labels, stable=True)
+        counts = torch.unique_consecutive(dataset.labels[order], return_counts=True)[1]
+        for idx in torch.split(order, counts.tolist()):
+            s = spectral_scores(reps[idx], centred=self.projection == "centred")
+            scores[idx] = s / s.mean().clamp_min(1e-12)
         return scores
 
     def flag(self, model: nn.Module, dataset: Dataset, scores: torch.Tensor | None = None) -> torch.Tensor:
