@@ -13,14 +13,16 @@ from backdoor_arena.api.benchmark import BenchmarkConfig, read_records, render_l
 
 @pytest.fixture()
 def toys():
-    """The toy attack and detector of tests/toy_plugins, registered for one test only."""
-    import tests.toy_plugins as toy_plugins
-    from backdoor_arena.registries import ATTACKS, MODEL_DETECTORS
+    """The toy plugins of tests/toy_plugins, registered (by importing them) for one test only; taken out again,
+    modules included, so that the next import registers them again."""
+    import importlib
+    import sys
 
-    toy_plugins.unregister_all()  # (imported for the first time just now: registered already)
-    with ATTACKS.temporarily("toy-corner", toy_plugins.toy_attack.ToyCorner), \
-            MODEL_DETECTORS.temporarily("toy-logit-gap", toy_plugins.toy_detector.LogitGap):
-        yield
+    module = importlib.import_module("tests.toy_plugins")
+    yield module
+    module.unregister_all()
+    for name in [m for m in sys.modules if m.startswith("tests.toy_plugins")]:
+        del sys.modules[name]
 
 
 def test_new_plugins_join_the_benchmark_by_registration_alone(toys):

@@ -333,7 +333,7 @@ def test_zoo_build_through_the_process_pool_gives_the_serial_zoo(serial_zoo, tmp
     assert {r["model_sha256"] for r in records} == set(_tensors(zoo).values())
     # the device is checked before any work, with the reason
     code, out, err = run_cli([*args[:-1], "--device", "cuda", "-q"], capsys, monkeypatch)
-    assert code == 2 and "runs on cpu only" in err
+    assert code == 2 and "--device cuda" in err and "use --device cpu" in err
     code, out, err = run_cli([*args[:-1], "--executor", "threads", "-q"], capsys, monkeypatch)
     assert code == 2 and "--executor must be one of local, processes, ray" in err and err.count("\n") == 1
 

@@ -513,8 +513,19 @@ class NeuralCleanse:
                                 {"masks": masks, "patterns": patterns})
         details["smallest_norm_label"] = target
         # the authors' bound for a label-specific lead: natural features between look-alike classes reach
-        # reverse / forward 3-4 on GTSRB (dangerous curve -> slippery road 3.9, 20 -> 30 km/h 3.3, measured)
-        bound = self.symmetric_ratio if victims is None else self.label_ratio
+        # reverse / forward 3-4 on GTSRB (dangerous curve -> slippery road 3.9, 20 -> 30 km/h 3.3, measured).
+        # A label-specific lead whose trigger sends nearly every other class to the target too is a global
+        # trigger found through one class (an all-to-one BadNets model whose target was pre-screened for one
+        # class only): it is judged as a global arm.
+        others = x_all[pred != target]
+        spread = 0.0
+        if victims is not None and len(others):
+            with torch.no_grad():
+                stamped = apply_masks(others, masks[target : target + 1], patterns[target : target + 1])
+                spread = float((net(stamped).argmax(1) == target).double().mean())
+        details["lead_spread"] = spread
+        label_specific = victims is not None and spread < self.success_threshold
+        bound = self.label_ratio if label_specific else self.symmetric_ratio
         flagged = ratio > bound
         return ModelVerdict(ratio, flagged, bound, target if flagged else None, details,
                             {"masks": masks, "patterns": patterns})
