@@ -313,11 +313,10 @@ def render_threats(records: list[dict]) -> str:
         "`--epsilon`, `--trigger-seed`; see `backdoor-arena attack ATTACK --help`).\n"
 
 
-def render_mnist(records: list[dict]) -> str:
-    runs = [r for r in records if r.get("kind") == "run"]
-    clean = next(r for r in runs if r["attack"] == "clean")
-    lines = ["| attack | setting | options | clean acc. [95% CI] | Δ vs clean | ASR [95% CI] | clean model's ASR¹ | "
-             "goal met | wall time |", "|---|---|---|---|---|---|---|---|---|"]
+def _run_rows(runs: list[dict], clean: dict, base_rate_mark: str) -> list[str]:
+    """The table lines of the measured runs (one per attack setting), against the clean run `clean`."""
+    lines = ["| attack | setting | options | clean acc. [95% CI] | Δ vs clean | ASR [95% CI] | clean model's ASR"
+             f"{base_rate_mark} | goal met | wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         drop = round(r["clean_accuracy"] - clean["clean_accuracy"], 3) + 0.0
         asr = r.get("attack_success_rate")
@@ -327,6 +326,13 @@ def render_mnist(records: list[dict]) -> str:
                      f"{'—' if r['attack'] == 'clean' else f'{100 * drop:+.1f} pts'} | "
                      f"{_p(asr)}{_ci(r.get('attack_success_rate_ci'))} | "
                      f"{_p(r.get('clean_model_attack_success_rate'))} | {met} | {r['wall_s']:.0f} s |")
+    return lines
+
+
+def render_mnist(records: list[dict]) -> str:
+    runs = [r for r in records if r.get("kind") == "run"]
+    clean = next(r for r in runs if r["attack"] == "clean")
+    lines = _run_rows(runs, clean, "¹")
     scope = clean["config"]
     return ("\n".join(lines) + f"\n\nScope: `{scope['model']}` trained from scratch for {scope['epochs']} epochs on "
             f"{scope['train_size']:,} seeded MNIST training images (seed 0), target class {scope['target']}; "
@@ -342,17 +348,7 @@ def render_gtsrb(records: list[dict]) -> str:
     if not runs:
         return "(no GTSRB runs recorded)\n"
     clean = next(r for r in runs if r["attack"] == "clean")
-    lines = ["| attack | setting | options | clean acc. [95% CI] | Δ vs clean | ASR [95% CI] | clean model's ASR | "
-             "goal met | wall time |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        drop = round(r["clean_accuracy"] - clean["clean_accuracy"], 3) + 0.0
-        asr = r.get("attack_success_rate")
-        met = "—" if asr is None else ("yes" if asr >= GOAL_ASR and -drop <= GOAL_DROP else "no")
-        lines.append(f"| `{r['attack']}` | {r['setting']} | {_params(r['params'])} | "
-                     f"{_p(r['clean_accuracy'])}{_ci(r.get('clean_accuracy_ci'))} | "
-                     f"{'—' if r['attack'] == 'clean' else f'{100 * drop:+.1f} pts'} | "
-                     f"{_p(asr)}{_ci(r.get('attack_success_rate_ci'))} | "
-                     f"{_p(r.get('clean_model_attack_success_rate'))} | {met} | {r['wall_s']:.0f} s |")
+    lines = _run_rows(runs, clean, "")
     scope = clean["config"]
     return ("\n".join(lines) + f"\n\nScope: `{scope['model']}` trained from scratch for {scope['epochs']} epochs "
             f"(SGD, lr 0.05, cosine, weight decay 5e-4) on {scope['train_size']:,} seeded GTSRB training images "

@@ -252,9 +252,7 @@ def render_families(records: list[dict[str, Any]]) -> str:
 
 
 def draw_figures(records: list[dict[str, Any]]) -> None:
-    import torch
-
-    from backdoor_arena.detection_metrics import auroc, roc_curve
+    from backdoor_arena.api.scanning import draw_rocs
     from backdoor_arena.report import pyplot, save_figure
 
     plt = pyplot()
@@ -262,17 +260,8 @@ def draw_figures(records: list[dict[str, Any]]) -> None:
     groups = [("all families", None)] + [(f, f) for f in families]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.3), squeeze=False)
     for ax, (title, fam) in zip(axes[0], groups, strict=True):
-        for name in [*DETECTORS, VERDICT]:
-            ok = [r for r in records if r["detector"] == name and r["score"] is not None and not r["failure"]
-                  and (not r["backdoored"] or fam is None or r["family"] == fam)]
-            labels = torch.tensor([int(r["backdoored"]) for r in ok])
-            if not ok or not labels.any() or labels.all():
-                continue
-            scores = torch.tensor([float(r["score"]) for r in ok], dtype=torch.float64)
-            fpr, tpr, _ = roc_curve(labels, scores)
-            ax.step(fpr.numpy(), tpr.numpy(), where="post", lw=2.4 if name == VERDICT else 1.3,
-                    label=f"{name} ({auroc(labels, scores):.2f})")
-        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        draw_rocs(ax, [r for r in records if r["detector"] in (*DETECTORS, VERDICT) and not r["failure"]
+                       and (not r["backdoored"] or fam is None or r["family"] == fam)])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("FPR")
         ax.legend(fontsize=6)

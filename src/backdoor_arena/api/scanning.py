@@ -166,14 +166,13 @@ def scan_zoo(zoo_dir: str | Path, out: str | Path | None = None, *, detectors: l
     return summary
 
 
-def plot_rocs(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
-    """One ROC curve per detector (and the verdict) over the rows that have a score."""
+def draw_rocs(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """On `ax`, one ROC curve per detector (the verdict thicker) over the rows that have a score, each labelled
+    with its AUROC; a detector without both clean and backdoored rows draws nothing."""
     import torch
 
     from ..detection_metrics import auroc, roc_curve
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
     for name in dict.fromkeys(r["detector"] for r in rows):
         ok = [r for r in rows if r["detector"] == name and r["score"] is not None]
         labels = torch.tensor([int(r["backdoored"]) for r in ok], dtype=torch.long)
@@ -184,6 +183,13 @@ def plot_rocs(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
         ax.step(fpr.numpy(), tpr.numpy(), where="post", lw=2.5 if name == VERDICT else 1.4,
                 label=f"{name} ({auroc(labels, scores):.2f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
+
+
+def plot_rocs(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
+    """One ROC curve per detector (and the verdict) over the rows that have a score."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    draw_rocs(ax, rows)
     ax.set_xlabel("false positive rate (clean models flagged)")
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
