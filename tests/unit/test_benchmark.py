@@ -43,9 +43,9 @@ def test_bad_configs_are_one_line_errors(bad, match):
 
 def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
     config = BenchmarkConfig(datasets=("mnist",), seeds=(0,), attacks=("toy-corner",), mitigations=("fine-tuning",),
-                             detectors=("toy-logit-gap", "strip"), train_size=1500, epochs=1, quick=True)
+                             detectors=("toy-logit-gap", "strip", "mntd"), train_size=1500, epochs=1, quick=True)
     s = api.benchmark(tmp_path / "run", config, data_root=data_root, progress=False, docs=tmp_path / "docs")
-    assert (s["models"], s["defenses"], s["detections"], s["failures"]) == (2, 1, 3, [])
+    assert (s["models"], s["defenses"], s["detections"], s["failures"]) == (2, 1, 5, [])
     records = read_records(tmp_path / "run" / "records.jsonl")
     models = {r["attack"]: r for r in records if r.get("row") == "model"}
     assert set(models) == {"clean", "toy-corner"} and models["clean"]["attack_success_rate"] is None
@@ -53,7 +53,10 @@ def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
     (repair,) = [r for r in records if r.get("row") == "defense"]
     assert repair["defense"] == "fine-tuning" and repair["attack"] == "toy-corner"
     det = {(r["attack"], r["detector"]) for r in records if r.get("row") == "detection"}
-    assert det == {("clean", "toy-logit-gap"), ("toy-corner", "toy-logit-gap"), ("toy-corner", "strip")}
+    assert det == {("clean", "toy-logit-gap"), ("toy-corner", "toy-logit-gap"), ("toy-corner", "strip"),
+                   ("clean", "mntd"), ("toy-corner", "mntd")}
+    # MNTD's shadows were fitted once, before the sweep, and both jobs used that meta-classifier
+    assert len(list((tmp_path / "run" / "mntd-shadows").glob("meta-*.json"))) == 1
     page = (tmp_path / "run" / "leaderboard.md").read_text()
     assert "`toy-corner`" in page and "after `fine-tuning`" in page and "`strip`" in page
     assert page == render_leaderboard(records)  # the page is its records' rendering

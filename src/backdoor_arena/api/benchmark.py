@@ -49,6 +49,7 @@ ARCHITECTURES = {"mnist": "badnet-mnist", "fashion-mnist": "badnet-mnist", "gtsr
 # The data poisoning inside each model-level attack (the adaptive ones pair as attacks/adaptive.py advises)
 MODEL_ATTACK_POISONING = {"nc-evasive": "blended", "strip-evasive": "blended"}
 DEFAULT_POISONING = "badnets"
+SHADOW_DETECTOR = "mntd"  # the model detector that trains shadow models (fitted once per dataset, cached)
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.05, 0
 CLEAN = "clean"
 
@@ -94,9 +95,23 @@ class BenchmarkConfig:
         return json_safe(asdict(self))
 
 
-def _params(kind: str, name: str, quick: bool) -> dict[str, Any]:
+def _params(kind: str, name: str, quick: bool, dataset: str) -> dict[str, Any]:
     registry = {"mitigation": MITIGATIONS, "model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}[kind]
-    return dict(getattr(registry.get(name), "example_params", {})) if quick else {}
+    params = dict(getattr(registry.get(name), "example_params", {})) if quick else {}
+    if kind == "model" and name == SHADOW_DETECTOR:  # its shadows share the inspected models' architecture
+        params.setdefault("architecture", ARCHITECTURES[dataset])
+    return params
+
+
+def _fit_shadows(out: Path, datasets: tuple[str, ...], quick: bool, data_root: str | None,
+                 executor: Executor | None) -> None:
+    """MNTD's shadow models and meta-classifier, once per dataset, into OUT/mntd-shadows, before the detect
+    sweep: its jobs then load them instead of each training its own (the cache is keyed by the clean set and
+    every parameter, so this is the meta-model the jobs ask for)."""
+    for d in datasets:
+        clean = clean_holdout(load_dataset(d, "train", data_root), HOLDOUT_FRACTION, HOLDOUT_SEED)[1]
+        MODEL_DETECTORS.create(SHADOW_DETECTOR, cache_dir=out / "mntd-shadows", executor=executor or Executor(),
+                               **_params("model", SHADOW_DETECTOR, quick, d)).fit(clean)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -158,7 +173,8 @@ def detect_benchmark_model(ctx: JobContext) -> dict[str, Any]:
     """Sweep job: one detector on one model (model detectors: its score; input detectors and data filters:
     the AUROC of triggered vs clean inputs, or poisoned vs clean training samples)."""
     c = ctx.config
-    r = detect(c["detector"], ctx.paths["model"], attack_spec=ctx.paths.get("spec"), params=c["params"],
+    params = c["params"] | ({"cache_dir": ctx.paths["shadows"]} if c["detector"] == SHADOW_DETECTOR else {})
+    r = detect(c["detector"], ctx.paths["model"], attack_spec=ctx.paths.get("spec"), params=params,
                data_root=ctx.paths.get("data_root"), progress=False)
     v = r.values
     return {"score": v.get("score") if r.kind == "model" else v.get("auroc"), "flagged": v.get("flagged"),
@@ -197,11 +213,12 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
         return str(attack_spec_path(job.paths["model"]))
 
     defend_jobs, detect_jobs = [], []
+    shadows = str((out / "mntd-shadows").resolve())
     for j in ok:
         bad = j.config["attack"] != CLEAN
         for m in lists["mitigations"] if bad else ():
             defend_jobs.append(Job("benchmark-defend", {"model": j.label, "mitigation": m,
-                                                        "params": _params("mitigation", m, config.quick),
+                                                        "params": _params("mitigation", m, config.quick, j.config["dataset"]),
                                                         "model_sha256": done[j.id]["model_sha256"]}, seed=0,
                                    label=f"{j.label}/{m}", paths=paths | {
                                        "model": j.paths["model"], "spec": spec(j),
@@ -211,12 +228,16 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
             detectors += [("input", x) for x in lists["input_detectors"]] + [("data", x) for x in lists["data_filters"]]
         for kind, x in detectors:
             detect_jobs.append(Job("benchmark-detect", {"model": j.label, "detector": x,
-                                                        "params": _params(kind, x, config.quick),
+                                                        "params": _params(kind, x, config.quick, j.config["dataset"]),
                                                         "model_sha256": done[j.id]["model_sha256"]}, seed=0,
                                    label=f"{j.label}/{x}",
-                                   paths=paths | {"model": j.paths["model"]} | ({"spec": spec(j)} if bad else {})))
+                                   paths=paths | {"model": j.paths["model"], "shadows": shadows}
+                                   | ({"spec": spec(j)} if bad else {})))
     (out / "repaired").mkdir(exist_ok=True)
     defended = run_sweep(defend_jobs, out / "sweeps" / "defend", executor, progress=progress, desc="benchmark defend")
+    if SHADOW_DETECTOR in lists["model_detectors"] and ok:
+        _fit_shadows(out, tuple(dict.fromkeys(j.config["dataset"] for j in ok)), config.quick,
+                     paths.get("data_root"), executor)
     detected = run_sweep(detect_jobs, out / "sweeps" / "detect", executor, progress=progress, desc="benchmark detect")
     wall = time.perf_counter() - started
 

@@ -148,7 +148,7 @@ class MNTD:
                  optimizers: tuple[str, ...] = ("sgd", "adam"), poison_rates: tuple[float, float] = POISON_RATES,
                  shadow_epochs: int = 2, n_queries: int = 10,
                  meta_epochs: int = 30, meta_lr: float = 1e-3, tune_queries: bool = True, one_class: bool = False,
-                 nu: float = 0.1, seed: int = 0, device: str = "cpu", executor: str = "local",
+                 nu: float = 0.1, seed: int = 0, device: str = "cpu", executor: str | Executor = "local",
                  jobs: int | None = None) -> None:
         from ..models import MODELS
 
@@ -171,7 +171,8 @@ class MNTD:
         if not (isinstance(nu, (int, float)) and not isinstance(nu, bool) and 0 < nu < 1):
             problems.append(f"nu must be in (0, 1), got {nu!r}")
         try:
-            self.executor = Executor(executor, jobs=jobs)
+            # a caller already holding an Executor (a sweep's) passes it through as is
+            self.executor = executor if isinstance(executor, Executor) else Executor(executor, jobs=jobs)
         except ConfigError as exc:
             problems.append(str(exc))
         if problems:
