@@ -252,6 +252,10 @@ CASES = [
     ("zoo-build-negative", ["zoo", "build", "--out", "z", "--clean", "-1"], 2, "non-negative"),
     ("zoo-build-epochs", ["zoo", "build", "--out", "z", "--epochs", "0"], 2, "epochs"),
     ("zoo-build-dataset", ["zoo", "build", "--out", "z", "--dataset", "imagenet"], 2, "unknown dataset"),
+    ("zoo-build-patch-sizes", ["zoo", "build", "--out", "z", "--patch-sizes", "4,x"], 2, "comma-separated integers"),
+    ("zoo-build-patch-too-big", ["zoo", "build", "--out", "z", "--patch-sizes", "20"], 2, "from 1 to 14"),
+    ("zoo-build-poison-rates", ["zoo", "build", "--out", "z", "--poison-rates", "0.1,2"], 2, "numbers in (0, 1)"),
+    ("zoo-build-blend-alphas", ["zoo", "build", "--out", "z", "--blend-alphas", "high"], 2, "comma-separated numbers"),
     ("zoo-eval-detector", ["zoo", "evaluate", "{in}/zoo-missing", "--detector", "strip"], 2, "model detector"),
     ("threads-env", ["list"], 2, "BACKDOOR_ARENA_THREADS"),
     # ---- 3. model files -----------------------------------------------------------------------------------

@@ -39,6 +39,32 @@ def test_extra_families_plan_their_attacks():
         ZooConfig(holdout_seed=-1)
 
 
+def test_narrowed_draws_reach_every_family_and_leave_the_rest_of_the_plan_alone():
+    """--poison-rates / --blend-alphas / --patch-sizes: every backdoored model draws from the narrowed values,
+    and the rest of the plan (names, seeds, targets, positions, optimisers) is the default plan's."""
+    families = ("pattern", "blended", "square", "nc-evasive", "tdc-evasive", "hollow-square")
+    default = zoo_plan(ZooConfig(clean=2, backdoored=18, families=families, seed=9))
+    narrow = zoo_plan(ZooConfig(clean=2, backdoored=18, families=families, seed=9, poison_rates=(0.1,),
+                                blend_alphas=(0.3,), patch_sizes=(5, 7)))
+    for d, n in zip(default, narrow, strict=True):
+        varied = {"poison_rate", "alpha", "size"}
+        assert {k: v for k, v in d.items() if k not in varied} == {k: v for k, v in n.items() if k not in varied}
+        if not n["backdoored"]:
+            continue
+        assert n["poison_rate"] == 0.1
+        assert n["alpha"] in ((0.3,) if n["attack"] == "blended" else (None,))
+        assert n["size"] in ((5, 7) if n["trigger"] in ("pattern", "square", "hollow-square") else (None,))
+    assert {e["poison_rate"] for e in default if e["backdoored"]} == {0.05, 0.1}  # the defaults still vary
+
+
+@pytest.mark.parametrize("bad, match", [({"poison_rates": (0.0,)}, "poison_rates"), ({"poison_rates": ()}, "poison_rates"),
+                                        ({"blend_alphas": (1.2,)}, "blend_alphas"), ({"patch_sizes": (3.5,)}, "patch_sizes"),
+                                        ({"patch_sizes": (15,)}, "from 1 to 14")])
+def test_bad_draws_are_one_line_errors(bad, match):
+    with pytest.raises(api.ConfigError, match=match):
+        ZooConfig(**bad)
+
+
 def test_a_zoo_of_new_families_trains_and_records_its_holdout(tmp_path, data_root):
     config = ZooConfig(clean=0, backdoored=2, epochs=1, train_size=600, seed=3, holdout_seed=0,
                        families=("wanet", "nc-evasive"), optimizers=("sgd",))

@@ -102,6 +102,11 @@ class ZooConfig:
     # seed of the defenders' hold-out (None: `seed`); zoos that share it share their defenders' clean set, so
     # detectors that learn from it (MNTD) score models of several zoos alike
     holdout_seed: int | None = None
+    # what the backdoored models' attacks draw from (one value: every model gets it); a zoo built to compare
+    # families at similar attack success narrows these to settings every family learns
+    poison_rates: tuple[float, ...] = POISON_RATES
+    blend_alphas: tuple[float, ...] = BLEND_ALPHAS
+    patch_sizes: tuple[int, ...] = SIZES
 
     def __post_init__(self) -> None:
         for name in ("clean", "backdoored"):
@@ -128,6 +133,17 @@ class ZooConfig:
             if not isinstance(v, tuple) or not v or any(x not in allowed for x in v) or len(set(v)) != len(v):
                 raise ConfigError(f"{name} must be a non-empty tuple of distinct names from {', '.join(allowed)}; "
                                   f"got {v!r}")
+
+        for name, example in (("poison_rates", POISON_RATES), ("blend_alphas", BLEND_ALPHAS)):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not v or any(
+                    not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 < x < 1 for x in v):
+                raise ConfigError(f"{name} must be a non-empty tuple of numbers in (0, 1), got {v!r}; e.g. {example}")
+        side = dataset_info(self.dataset).input_shape[-1]
+        if not isinstance(self.patch_sizes, tuple) or not self.patch_sizes or any(
+                not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= side // 2 for x in self.patch_sizes):
+            raise ConfigError(f"patch_sizes must be a non-empty tuple of integers from 1 to {side // 2} (half the "
+                              f"image side), got {self.patch_sizes!r}; e.g. {SIZES}")
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -173,26 +189,27 @@ def zoo_plan(config: ZooConfig) -> list[dict[str, Any]]:
                                  "optimizer": optimizer, "lr": OPTIMIZER_LR[optimizer], "epochs": epochs(),
                                  "subset_seed": seed}
         if backdoored:
-            entry.update(_attack_entry(family, info.num_classes, seed, pick, g))
+            entry.update(_attack_entry(family, info.num_classes, config, pick, g))
         plan.append(entry)
     return plan
 
 
-def _attack_entry(family: str, num_classes: int, seed: int, pick: Any, g: torch.Generator) -> dict[str, Any]:
+def _attack_entry(family: str, num_classes: int, config: ZooConfig, pick: Any, g: torch.Generator
+                  ) -> dict[str, Any]:
     target = int(torch.randint(num_classes, (1,), generator=g))
     e: dict[str, Any] = {"attack": "badnets", "mode": "all-to-one", "target": target, "sources": [],
-                         "trigger": None, "size": None, "position": None, "poison_rate": pick(POISON_RATES),
+                         "trigger": None, "size": None, "position": None, "poison_rate": pick(config.poison_rates),
                          "alpha": None, "cover_rate": 0.0}
     if family in PATCH_TRIGGERS:
-        e.update(trigger=family, size=pick(SIZES), position=pick(POSITIONS))
+        e.update(trigger=family, size=pick(config.patch_sizes), position=pick(POSITIONS))
     elif family == "pixel":
         e.update(trigger="pixel", position=pick(PIXEL_POSITIONS))
     elif family == "blended":
-        e.update(attack="blended", trigger="blend", alpha=pick(BLEND_ALPHAS))
+        e.update(attack="blended", trigger="blend", alpha=pick(config.blend_alphas))
     elif family in EXTRA_FAMILIES:  # new keys only for new families: older zoos' plans stay as they were
-        e.update(_extra_entry(family, pick))
+        e.update(_extra_entry(family, config, pick))
     else:  # a label-map mode with a patch trigger
-        e.update(mode=family, trigger=pick(PATCH_TRIGGERS), size=pick(SIZES), position=pick(POSITIONS))
+        e.update(mode=family, trigger=pick(PATCH_TRIGGERS), size=pick(config.patch_sizes), position=pick(POSITIONS))
         if family == "all-to-all":
             e["target"] = None  # label i -> i + 1: no single target
         else:
@@ -203,10 +220,10 @@ def _attack_entry(family: str, num_classes: int, seed: int, pick: Any, g: torch.
     return e
 
 
-def _extra_entry(family: str, pick: Any) -> dict[str, Any]:
+def _extra_entry(family: str, config: ZooConfig, pick: Any) -> dict[str, Any]:
     e: dict[str, Any] = {"trigger_options": {}, "attack_params": {}, "model_attack": None}
     if family in OUTLINE_TRIGGERS:
-        e.update(trigger=family, size=pick(SIZES), position=pick(POSITIONS))
+        e.update(trigger=family, size=pick(config.patch_sizes), position=pick(POSITIONS))
     elif family == "wanet":
         e.update(attack="wanet", trigger="warp", trigger_options={"strength": pick(WANET_STRENGTHS)},
                  attack_params={"cross_ratio": 0.0})
@@ -215,9 +232,9 @@ def _extra_entry(family: str, pick: Any) -> dict[str, Any]:
     else:  # an adaptive attack around a data poisoning
         e["model_attack"] = family
         if EVASIVE_POISONING[family] == "blended":
-            e.update(attack="blended", trigger="blend", alpha=pick(BLEND_ALPHAS))
+            e.update(attack="blended", trigger="blend", alpha=pick(config.blend_alphas))
         else:
-            e.update(trigger="pattern", size=pick(SIZES), position=pick(POSITIONS))
+            e.update(trigger="pattern", size=pick(config.patch_sizes), position=pick(POSITIONS))
     return e
 
 

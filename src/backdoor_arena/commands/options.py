@@ -60,6 +60,21 @@ RayAddress = Annotated[str | None, typer.Option("--address", help="Ray cluster f
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps; recorded in the run records.")]
 
 
+def parse_numbers(text: str | None, flag: str, kind: type = float) -> tuple[Any, ...] | None:
+    """A comma-separated list of numbers (None stays None), or one line naming the flag and the fix."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        what = "integers" if kind is int else "numbers"
+        raise typer.BadParameter(f"{flag} takes comma-separated {what}, e.g. {'4,6' if kind is int else '0.05,0.1'}; "
+                                 f"got {text!r}")
+    return values
+
+
 def make_executor(name: str, jobs: int | None, address: str | None, threads: int | None = None) -> Any:
     """The sweep executor the options name (api.Executor validates them: one line per problem)."""
     from .. import api

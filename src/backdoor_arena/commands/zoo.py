@@ -21,6 +21,7 @@ from .options import (
     RayAddress,
     emit,
     make_executor,
+    parse_numbers,
     parse_params,
 )
 
@@ -54,6 +55,15 @@ def register(app: typer.Typer) -> None:
                   holdout_seed: Annotated[int | None, typer.Option(
                       help="Seed of the defenders' hold-out (default: --seed); zoos sharing it share the defenders' "
                            "clean set.")] = None,
+                  poison_rates: Annotated[str | None, typer.Option(
+                      help="Comma-separated poisoning rates the backdoored models draw from (default: "
+                           f"{','.join(str(x) for x in api.zoo.POISON_RATES)}).")] = None,
+                  blend_alphas: Annotated[str | None, typer.Option(
+                      help="Comma-separated blend weights the blended families draw from (default: "
+                           f"{','.join(str(x) for x in api.zoo.BLEND_ALPHAS)}).")] = None,
+                  patch_sizes: Annotated[str | None, typer.Option(
+                      help="Comma-separated patch sizes in pixels the patch families draw from (default: "
+                           f"{','.join(str(x) for x in api.zoo.SIZES)}).")] = None,
                   threads: Annotated[int | None, typer.Option(
                       help="CPU threads in all (default: $BACKDOOR_ARENA_THREADS, else all cores); split among "
                            "--jobs workers.")] = None,
@@ -61,13 +71,16 @@ def register(app: typer.Typer) -> None:
                   device: Device = "auto", data_root: DataRoot = None, quiet: Quiet = False) -> None:
         """Train seeded clean and backdoored models (varied targets, trigger kinds, sizes, positions)."""
         ex = make_executor(executor, jobs, address, threads)
+        draws = {k: v for k, v in (("poison_rates", parse_numbers(poison_rates, "--poison-rates")),
+                                   ("blend_alphas", parse_numbers(blend_alphas, "--blend-alphas")),
+                                   ("patch_sizes", parse_numbers(patch_sizes, "--patch-sizes", int))) if v is not None}
         if threads is not None:
             api.set_threads(threads)
         records = api.build_zoo(out, api.ZooConfig(dataset=dataset, architecture=model, clean=clean,
                                                    backdoored=backdoored, epochs=epochs, train_size=train_size,
                                                    seed=seed, max_epochs=max_epochs, holdout_seed=holdout_seed,
                                                    **({"families": tuple(f.strip() for f in families.split(","))}
-                                                      if families else {})),
+                                                      if families else {}), **draws),
                                 data_root=data_root, progress=not quiet, executor=ex, device=device)
         typer.echo(f"wrote {len(records)} models to {out / 'models'} (attack specs and truth in {out / 'specs'})")
 
