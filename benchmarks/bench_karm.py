@@ -14,7 +14,9 @@ training images the models never saw. GTSRB (43 classes): the project's stop -> 
 twin from runs/results-gtsrb/ (docs/experiments/results_gtsrb.py) if present, else skipped; clean set: 1,000
 images drawn (seed 0) from the defender's clean hold-out of the GTSRB training split (23 stop signs among
 them). Steps per label: 300 on MNIST, 100 on GTSRB (one core), where the cost weight starts after 2
-successful checks 5 steps apart. BENCH_KARM_DATASETS=mnist (comma-separated) restricts the datasets.
+successful checks 5 steps apart; and again on GTSRB with both at the detector's defaults (setting
+"defaults": what `detect` and `scan` run). BENCH_KARM_DATASETS=mnist,gtsrb,gtsrb-defaults (comma-separated)
+restricts the settings.
 
 GTSRB stop -> 30, what was measured on the way (scratch scripts and logs: runs/karm-gtsrb/; same 1,000
 images):
@@ -67,10 +69,11 @@ from backdoor_arena.defenses.neural_cleanse import NeuralCleanse
 from backdoor_arena.modelfile import load_model
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STEPS = NeuralCleanse().steps
 CACHE = REPO / "runs" / "abs-karm" / "bench-models"
 GTSRB = REPO / "runs" / "results-gtsrb"
 
-COLUMNS = ["dataset", "model", "true_target", "schedule", "flagged", "suspected_target", "score", "statistic",
+COLUMNS = ["dataset", "setting", "model", "true_target", "schedule", "flagged", "suspected_target", "score", "statistic",
            "lead_arm", "forward_norm", "reverse_norm",
            "arms", "label_steps", "wall_s", "cpu_s", "time_vs_nc", "cpu_vs_nc", "same_verdict_and_target", "threads",
            "load_1min"]
@@ -119,14 +122,17 @@ def _clean_set(dataset: str, model_path: Path) -> Dataset:
 
 def run(quick: bool) -> list[dict]:
     records = []
-    wanted = os.environ.get("BENCH_KARM_DATASETS", "mnist,gtsrb").split(",")
+    wanted = os.environ.get("BENCH_KARM_DATASETS", "mnist,gtsrb,gtsrb-defaults").split(",")
     # GTSRB: 100 steps per label (43 labels on one core); the cost weight starts after 2 successful checks
     # 5 steps apart (the K-Arm authors: after 2 successful steps), not 5 checks 10 apart, or it would start
     # half-way and the masks barely shrink (every K-Arm arm at its warm-up's end: L1 515-542 of 1,024)
-    settings = [("mnist", _mnist_models, {"steps": 60 if quick else 300}),
-                ("gtsrb", _gtsrb_models, {"steps": 20 if quick else 100, "check_every": 5, "patience": 2})]
-    for dataset, find_models, params in settings:
-        if dataset not in wanted:
+    # gtsrb-defaults: both at the detector's defaults (300 steps per label, checks 10 apart, patience 5), which
+    # is what `detect`/`scan` run: NC's 43 labels take about 5 minutes of 2 cores per model
+    settings = [("mnist", "mnist", _mnist_models, {"steps": 60 if quick else 300}),
+                ("gtsrb", "gtsrb", _gtsrb_models, {"steps": 20 if quick else 100, "check_every": 5, "patience": 2}),
+                ("gtsrb-defaults", "gtsrb", _gtsrb_models, {})]
+    for key, dataset, find_models, params in settings:
+        if key not in wanted or (quick and key == "gtsrb-defaults"):
             continue
         models = find_models()
         if not models:
@@ -144,6 +150,7 @@ def run(quick: bool) -> list[dict]:
                 k = len(v.details["norms"])
                 rows[schedule] = {
                     "dataset": dataset, "model": name, "true_target": target, "schedule": schedule,
+                    "setting": ", ".join(f"{k} {v}" for k, v in params.items()) or "defaults",
                     "flagged": v.flagged, "suspected_target": v.suspected_target, "score": v.score,
                     "statistic": v.details.get("statistic", "anomaly-index"),
                     # K-Arm's lead arm as target <- source (its symmetric check's pair) and the two norms
@@ -151,7 +158,7 @@ def run(quick: bool) -> list[dict]:
                                  if "lead_target" in v.details else None),
                     "forward_norm": v.details.get("forward_norm"), "reverse_norm": v.details.get("reverse_norm"),
                     "arms": len(v.details.get("arms", [])) or k,
-                    "label_steps": v.details.get("total_steps", k * params["steps"]), "wall_s": wall, "cpu_s": cpu,
+                    "label_steps": v.details.get("total_steps", k * params.get("steps", DEFAULT_STEPS)), "wall_s": wall, "cpu_s": cpu,
                     "load_1min": f"{load:.1f} -> {os.getloadavg()[0]:.1f}",
                     "threads": torch.get_num_threads(),
                     "details": {key: val for key, val in v.details.items() if key != "params"}}

@@ -83,6 +83,7 @@ def test_attack_contract(name):
     images, labels = ds.images.clone(), ds.labels.clone()
     atk = _attack(name, **cls.example_params)
     assert type(atk) is cls and atk.name == name and atk.to_spec()["attack"] == name
+    assert cls.threat_model.strip()  # the attack catalogue's threat-model column
     a = atk.poison(ds, torch.Generator().manual_seed(0))
     b = atk.poison(ds, torch.Generator().manual_seed(0))
     assert torch.equal(ds.images, images) and torch.equal(ds.labels, labels)  # input never mutated
@@ -143,6 +144,7 @@ def test_model_attack_spec_round_trip_and_bad_parameters(name):
     attack = cls(_poisoning(), **cls.example_params)
     spec = json.loads(json.dumps(attack.to_spec()))
     assert spec["model_attack"]["name"] == name == cls.name
+    assert cls.threat_model.strip()  # the attack catalogue's threat-model column
     assert attack_from_spec(spec) == _poisoning()  # the evaluator's view: the poisoning inside
     assert cls.from_spec(spec).to_spec() == attack.to_spec()
     for bad, message in cls.bad_params:

@@ -30,6 +30,7 @@ class ModelAttack(Protocol):
     """A model-level attack (registered in `MODEL_ATTACKS`)."""
 
     name: ClassVar[str]
+    threat_model: ClassVar[str]  # what the attacker controls and knows (the attack catalogue's column)
     # The pydantic schema (schemas.py) of its "model_attack" spec entry; every spec load validates the entry
     # with it (attack_from_spec), so a spec written by `backdoor-arena attack` must pass it.
     spec_schema: ClassVar[type[Strict]]

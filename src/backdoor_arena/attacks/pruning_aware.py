@@ -60,6 +60,8 @@ class PruningAwareAttack:
     margin: float = 0.1
 
     name: ClassVar[str] = NAME
+    threat_model: ClassVar[str] = ("Controls training (outsourced training); knows the defender may prune the "
+                                   "neurons that clean inputs leave dormant (pruning, fine-pruning).")
     spec_schema: ClassVar[type[Strict]] = PruningAwareSpec  # the spec's "model_attack" entry
     example_params: ClassVar[dict[str, Any]] = {"prune_accuracy_drop": 0.2, "clean_samples": 48}
     bad_params: ClassVar[tuple[tuple[dict[str, Any], str], ...]] = (
