@@ -41,18 +41,21 @@ images):
   the most asymmetric: the symmetric check cannot single it out on this model. A label-specific lead arm is
   now judged at the authors' bound (label_ratio 10; a global one still at symmetric_ratio 3).
 
-Result (table below; one run, 01:15-01:56 UTC, load average 5-15 on 2 cores from other jobs: the processes
-got 10-50% of a core, so cpu_vs_nc is the measure, wall times are inflated unevenly). MNIST: K-Arm reaches
-Neural Cleanse's verdict and target in 0.33 of its CPU time on both models (0.30-0.32 of its wall time; an
-earlier quieter run: 0.27 and 0.30). GTSRB clean twin: both clear it, K-Arm in 0.07 of the CPU time. GTSRB
-stop -> 30: the goal is NOT met. Neural Cleanse flags the model but names label 10 (anomaly index 2.26;
-label 1's mask, 70.7, is only the 5th smallest of 43, after 10, 22, 8 and 0); K-Arm keeps the (1 <- 14)
-arm now, but at 100 steps every arm except the lead still has L1 455-490 when the warm-up ends, its lead
-is the natural pair 29 <- 28 (forward 11.7, reverse 8.4) and it does not flag the model (0.08 of NC's CPU
-time). Neither names target 1. K-Arm's verdict is therefore not as good as Neural Cleanse's on this model:
-Neural Cleanse's flag is right, for a wrong target; K-Arm's clearance is wrong. From the pair measurements
-above, a longer budget would not change K-Arm's lead (19 -> 23 and 28 -> 29 reverse to smaller masks than
-14 -> 1); the label-specific symmetric check does not separate this backdoor at this input size."""
+Result (table below; one run, 04:19-05:23 UTC on 2 threads while other jobs ran: load average 0.5 at the
+start, 3-5 for the GTSRB rows, so wall and CPU times are both inflated, CPU time too because torch's idle
+threads spin when the cores are oversubscribed; a quiet run is still to be made). MNIST at the defaults:
+same verdict and target on both models, K-Arm at 0.24 of NC's wall time on the BadNets model but 0.47 on
+the clean one (its 2 arms each run to the end there): the 1/3 goal is met on one of the two. (An earlier
+run at load 5-15, one thread: 0.33 of the CPU time on both.) GTSRB at the defaults (what `scan` runs): neither
+flags the stop -> 30 model (NC's anomaly index stays under 2), so K-Arm reaches NC's (wrong) verdict, at 0.34 of
+its wall time, and clears the clean twin with it at 0.26. GTSRB at 100 steps: Neural Cleanse flags the
+stop -> 30 model but names label 10 (in an earlier run: anomaly index 2.26; label 1's mask, 70.7, only the
+5th smallest of 43, after 10, 22, 8 and 0); K-Arm keeps the (1 <- 14) arm, but its lead is a natural pair of
+look-alike signs and it does not flag the model. Neither names target 1, at either budget: from the pair
+measurements above, a longer budget would not change K-Arm's lead (19 -> 23 and 28 -> 29 reverse to smaller
+masks than 14 -> 1); the label-specific symmetric check does not separate this backdoor at this input size.
+K-Arm runs about a tenth of NC's label-steps but costs a quarter to a half of its time: each arm is a small
+problem of its own, while NC optimises its 43 labels as one batched problem."""
 
 from __future__ import annotations
 
