@@ -10,8 +10,10 @@ attack parameters go through the Python API (`make_attack`) so that every run sh
 the same setting as options of `backdoor-arena attack ATTACK` (each attack's and each trigger's own parameters
 are options there). TrojanNN's reference model is the clean model of the same run.
 
-GTSRB part (`--part gtsrb`, about 4-8 minutes a run on one busy core): the clean-label attacks, which miss the
-goal on MNIST, on a seeded 15,000-image GTSRB subset (gtsrb-cnn, 4 epochs); see GTSRB_SETTINGS.
+GTSRB part (`--part gtsrb`, about 2-8 minutes a run on one busy core): every data poisoning, and the clean-label
+attacks (which miss the goal on MNIST) at several settings, on a seeded 15,000-image GTSRB subset (gtsrb-cnn,
+4 epochs); see GTSRB_SETTINGS. Model-level part (`--part models`, after the other two, whose clean models it
+compares with): every MODEL_ATTACKS entry around its usual poisoning on both datasets; see MODEL_SETTINGS.
 
     BACKDOOR_ARENA_DATA=../shared/data BACKDOOR_ARENA_THREADS=1 .venv/bin/python docs/experiments/attack_catalogue.py
 """
