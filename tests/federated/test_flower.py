@@ -214,4 +214,6 @@ def test_the_round_metrics_carry_the_aggregation(runs):
     metrics = strategy.round_metrics(strategy.history[1])
     assert metrics["agg-client-ids"] == strategy.history[1].client_ids
     assert len(metrics["agg-clip-factors"]) == K and min(metrics["agg-clip-factors"]) < 1  # the attacker was clipped
-    assert flower["_wall_s"] < 120
+    # a hang guard, not a speed target (Flower's round speed is benchmarks/bench_rounds.py's): 120 s failed at
+    # 135 s on a 2-core machine loaded by other jobs
+    assert flower["_wall_s"] < 600

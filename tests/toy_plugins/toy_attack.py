@@ -16,6 +16,7 @@ class ToyCorner(PoisoningAttack):
 
     name: ClassVar[str] = "toy-corner"
     default_trigger: ClassVar[str] = "square"
+    threat_model: ClassVar[str] = "Data poisoning: controls a fraction of the training set (images and labels)."
     param_help: ClassVar[dict[str, str]] = {**PoisoningAttack.param_help, "trigger": "The trigger kind (square)."}
 
     @classmethod
