@@ -69,7 +69,6 @@ def run(runs_dir: Path, records_path: Path = RECORDS, smoke: bool = False) -> No
 
     from backdoor_arena.attacks import ATTACKS, make_attack
     from backdoor_arena.data import load_dataset
-    from backdoor_arena.detection_metrics import wilson_interval
     from backdoor_arena.metrics import evaluate
     from backdoor_arena.modelfile import Manifest, save_model
     from backdoor_arena.records import Record, write_jsonl
@@ -93,17 +92,6 @@ def run(runs_dir: Path, records_path: Path = RECORDS, smoke: bool = False) -> No
                                "param_help": dict(cls.param_help), "doc": " ".join((cls.__doc__ or "").split())},
                               versions()))
 
-    def measure(model: Any, attack: Any, started: float) -> dict[str, Any]:
-        r = evaluate(model, test, attack)
-        n, acc = r["n_clean"], r["clean_accuracy"]
-        out = {"clean_accuracy": acc, "clean_accuracy_ci": wilson_interval(round(acc * n), n), "n_test": n,
-               "wall_s": round(time.perf_counter() - started, 1)}
-        if attack is not None:
-            k, asr = r["n_triggered"], r["attack_success_rate"]
-            out |= {"attack_success_rate": asr, "attack_success_rate_ci": wilson_interval(round(asr * k), k),
-                    "n_triggered": k}
-        return out
-
     started = time.perf_counter()
     clean, args = create_model("badnet-mnist", train.info, SEED)
     fit(clean, train, config, description="clean")
@@ -111,7 +99,7 @@ def run(runs_dir: Path, records_path: Path = RECORDS, smoke: bool = False) -> No
     save_model(reference, clean.eval(), Manifest(architecture="badnet-mnist", arch_args=args, dataset="mnist",
                                                  input_shape=list(train.info.input_shape), num_classes=10,
                                                  class_names=list(train.info.class_names)))
-    clean_metrics = measure(clean, None, started)
+    clean_metrics = _measure(clean, test, None, started)
     records.append(Record("attack-catalogue", {**scope, "attack": "clean"}, SEED, clean_metrics,
                           {"kind": "run", "attack": "clean", "setting": "no attack", "params": {}}, versions()))
     print("clean", clean_metrics, flush=True)
@@ -125,7 +113,7 @@ def run(runs_dir: Path, records_path: Path = RECORDS, smoke: bool = False) -> No
         poisoned = attack.poison(train, torch.Generator().manual_seed(SEED))
         model, _ = create_model("badnet-mnist", train.info, SEED)
         fit(model, poisoned.dataset, config, description=name)
-        metrics = measure(model, attack, started)
+        metrics = _measure(model, test, attack, started)
         base = evaluate(clean, test, attack)  # the clean model's ASR on the same trigger: the base rate
         metrics["clean_model_attack_success_rate"] = base["attack_success_rate"]
         if name in TRANSFER_FROM:
@@ -210,7 +198,6 @@ def run_gtsrb(runs_dir: Path, records_path: Path = RECORDS, only: list[str] | No
 
     from backdoor_arena.attacks import make_attack
     from backdoor_arena.data import load_dataset
-    from backdoor_arena.detection_metrics import wilson_interval
     from backdoor_arena.metrics import evaluate
     from backdoor_arena.modelfile import Manifest, save_model
     from backdoor_arena.records import Record, write_jsonl
@@ -232,16 +219,6 @@ def run_gtsrb(runs_dir: Path, records_path: Path = RECORDS, only: list[str] | No
              "epochs": GTSRB_EPOCHS, "target": GTSRB_TARGET, "test_size": len(test)}
     records: list[Any] = []
 
-    def measure(model: Any, attack: Any, started: float) -> dict[str, Any]:
-        r = evaluate(model, test, attack)
-        n, acc = r["n_clean"], r["clean_accuracy"]
-        out = {"clean_accuracy": acc, "clean_accuracy_ci": wilson_interval(round(acc * n), n), "n_test": n}
-        if attack is not None:
-            k, asr = r["n_triggered"], r["attack_success_rate"]
-            out |= {"attack_success_rate": asr, "attack_success_rate_ci": wilson_interval(round(asr * k), k),
-                    "n_triggered": k}
-        return out | {"wall_s": round(time.perf_counter() - started, 1)}
-
     def manifest() -> Any:
         return Manifest(architecture="gtsrb-cnn", arch_args=args, dataset="gtsrb", input_shape=list(info.input_shape),
                         num_classes=info.num_classes, class_names=list(info.class_names))
@@ -261,7 +238,7 @@ def run_gtsrb(runs_dir: Path, records_path: Path = RECORDS, only: list[str] | No
         clean, args = create_model("gtsrb-cnn", info, SEED)
         fit(clean, train, config, description="clean gtsrb")
         save_model(reference, clean.eval(), manifest())
-        records.append(Record("attack-catalogue", {**scope, "attack": "clean"}, SEED, measure(clean, None, started),
+        records.append(Record("attack-catalogue", {**scope, "attack": "clean"}, SEED, _measure(clean, test, None, started),
                               {"kind": "run-gtsrb", "attack": "clean", "setting": "no attack", "params": {}},
                               versions()))
         write()
@@ -275,7 +252,7 @@ def run_gtsrb(runs_dir: Path, records_path: Path = RECORDS, only: list[str] | No
         poisoned = attack.poison(train, torch.Generator().manual_seed(SEED))
         model, _ = create_model("gtsrb-cnn", info, SEED)
         fit(model, poisoned.dataset, config, description=f"{name} gtsrb")
-        metrics = measure(model, attack, started)
+        metrics = _measure(model, test, attack, started)
         metrics["clean_model_attack_success_rate"] = evaluate(clean, test, attack)["attack_success_rate"]
         records.append(Record("attack-catalogue", {**scope, "attack": name, "setting": setting, "params": params},
                               SEED, metrics, {"kind": "run-gtsrb", "attack": name, "setting": setting,
@@ -307,7 +284,6 @@ def run_models(runs_dir: Path, records_path: Path = RECORDS, datasets: tuple[str
     from backdoor_arena.api.benchmark import DEFAULT_POISONING, MODEL_ATTACK_POISONING
     from backdoor_arena.attacks import MODEL_ATTACKS, make_attack
     from backdoor_arena.data import load_dataset
-    from backdoor_arena.detection_metrics import wilson_interval
     from backdoor_arena.metrics import evaluate
     from backdoor_arena.modelfile import load_model
     from backdoor_arena.records import Record, write_jsonl
@@ -363,13 +339,8 @@ def run_models(runs_dir: Path, records_path: Path = RECORDS, datasets: tuple[str
         train_fn = MODEL_ATTACKS.create(name, poisoning=atk, **params).trainer(arch, train, config, clean_model=clean)
         out = runs_dir / f"{dataset}-{name}{'' if label == 'defaults' else '-' + str(len(new))}.safetensors"
         r = train_model(arch, train, test, config, out, atk, f"{name} {dataset}", train_fn)
-        m = evaluate(load_model(out).model.eval(), test, atk)
-        n, acc, k, asr = m["n_clean"], m["clean_accuracy"], m["n_triggered"], m["attack_success_rate"]
-        metrics = {"clean_accuracy": acc, "clean_accuracy_ci": wilson_interval(round(acc * n), n), "n_test": n,
-                   "attack_success_rate": asr, "attack_success_rate_ci": wilson_interval(round(asr * k), k),
-                   "n_triggered": k, "clean_model_clean_accuracy": clean_acc,
+        metrics = {**_measure(load_model(out).model.eval(), test, atk, started), "clean_model_clean_accuracy": clean_acc,
                    "clean_model_attack_success_rate": evaluate(clean, test, atk)["attack_success_rate"],
-                   "wall_s": round(time.perf_counter() - started, 1),
                    "train_wall_s": round(r.manifest.training["wall_time_s"], 1)}
         new[dataset, name, label] = Record(
             "attack-catalogue", {**scope, "attack": name, "poisoning": poisoning, "params": params}, SEED, metrics,
@@ -404,6 +375,22 @@ def render_models(records: list[dict]) -> str:
             "intervals (Wilson, 95%) over test-set sampling only. On the command line: `backdoor-arena attack "
             "ATTACK --poisoning POISONING ...`.\n\n"
             f"Made by `{COMMAND} --part models`.\n")
+
+
+def _measure(model: Any, test: Any, attack: Any, started: float) -> dict[str, Any]:
+    """Clean accuracy and (with an attack) ASR on `test`, each with its Wilson interval, and the wall time since
+    `started`: the metrics of every catalogue row."""
+    from backdoor_arena.detection_metrics import wilson_interval
+    from backdoor_arena.metrics import evaluate
+
+    r = evaluate(model, test, attack)
+    n, acc = r["n_clean"], r["clean_accuracy"]
+    out = {"clean_accuracy": acc, "clean_accuracy_ci": wilson_interval(round(acc * n), n), "n_test": n}
+    if attack is not None:
+        k, asr = r["n_triggered"], r["attack_success_rate"]
+        out |= {"attack_success_rate": asr, "attack_success_rate_ci": wilson_interval(round(asr * k), k),
+                "n_triggered": k}
+    return out | {"wall_s": round(time.perf_counter() - started, 1)}
 
 
 def _value(v: Any) -> str:
