@@ -337,7 +337,8 @@ def run_models(runs_dir: Path, records_path: Path = RECORDS, datasets: tuple[str
         atk = make_attack(poisoning, num_classes=info.num_classes, channels=info.input_shape[0],
                           image_size=info.input_shape[1], target=target, seed=SEED)
         train_fn = MODEL_ATTACKS.create(name, poisoning=atk, **params).trainer(arch, train, config, clean_model=clean)
-        out = runs_dir / f"{dataset}-{name}{'' if label == 'defaults' else '-' + str(len(new))}.safetensors"
+        slug = "" if label == "defaults" else "-" + "-".join(label.replace(".", "").split())  # "evasion-weight-002"
+        out = runs_dir / f"{dataset}-{name}{slug}.safetensors"
         r = train_model(arch, train, test, config, out, atk, f"{name} {dataset}", train_fn)
         metrics = {**_measure(load_model(out).model.eval(), test, atk, started), "clean_model_clean_accuracy": clean_acc,
                    "clean_model_attack_success_rate": evaluate(clean, test, atk)["attack_success_rate"],
