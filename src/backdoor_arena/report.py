@@ -146,7 +146,8 @@ def plot_defense_curve(path: str | Path, curve: list[dict[str, Any]], defense: s
     if tune:
         _plot_epochs(axes[0][i], tune, f"{title}: fine-tuning" + (" (pruned channels held at 0)" if prune else ""))
     axes[0][0].set_ylabel("fraction")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if axes[0][-1].get_legend_handles_labels()[0]:  # a fine-tuning panel without a test curve has no lines
+        axes[0][-1].legend(fontsize=7, loc="lower left")
     return save_figure(fig, path)
 
 

@@ -101,11 +101,17 @@ def defend(
     (PNG + JSONL) beside it; returns `before`/`after` metrics on the test split (ASR with a spec).
     Outputs are checked before any work: `out` is never the input model, and replaces an existing file
     only with `overwrite`. `device`: where a mitigation that takes one runs (else the CPU); recorded in the
-    repaired model's manifest."""
+    repaired model's manifest. `curve_samples`: test inputs the curve is measured on at every point (None:
+    the whole test split; 0: no test curve, only what the mitigation measures on its clean set, so the
+    wall time is the repair's own)."""
     out = check_model_output(out, inputs=[model_path, attack_spec], side_files=curve_paths(out),
                              overwrite=overwrite)
     if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction <= 1):
         raise ConfigError(f"--clean-fraction must be in (0, 1], got {clean_fraction!r}")
+    if curve_samples is not None and (not isinstance(curve_samples, int) or isinstance(curve_samples, bool)
+                                      or curve_samples < 0):
+        raise ConfigError(f"curve_samples must be a non-negative integer (0: no test curve) or None (the whole "
+                          f"test split), got {curve_samples!r}")
     dev = defense_device(defense, device)
     mitigation = make_defense(defense, params, seed=seed, progress=progress, device=dev)
     loaded = load_model(model_path)
@@ -117,7 +123,8 @@ def defend(
     clean, clean_source = defender_clean_set(m, train, clean_fraction, seed)
     before = _metrics(loaded.model, test, atk)
     started = time.perf_counter()
-    repaired = mitigation.repair(loaded.model, clean, monitor=make_monitor(test, atk, curve_samples, seed))
+    monitor = None if curve_samples == 0 else make_monitor(test, atk, curve_samples, seed)
+    repaired = mitigation.repair(loaded.model, clean, monitor=monitor)
     wall = time.perf_counter() - started
     repaired.model.cpu()  # saved as CPU tensors, whatever device repaired it
     after = _metrics(repaired.model, test, atk)
