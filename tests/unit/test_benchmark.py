@@ -59,6 +59,9 @@ def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
     assert len(list((tmp_path / "run" / "mntd-shadows").glob("meta-*.json"))) == 1
     page = (tmp_path / "run" / "leaderboard.md").read_text()
     assert "`toy-corner`" in page and "after `fine-tuning`" in page and "`strip`" in page
+    # the cost table: one row per job kind with its job count (two models were trained, both scanned by mntd)
+    assert "### Wall time per model" in page and "| training | 2 |" in page and "| `mntd` | 2 |" in page
+    assert "| `fine-tuning` | 1 |" in page and "| `strip` | 1 |" in page
     assert page == render_leaderboard(records)  # the page is its records' rendering
     assert (tmp_path / "docs" / "leaderboard.md").read_text() == page
     assert (tmp_path / "docs" / "figures" / "leaderboard-mnist-auroc.png").stat().st_size > 1000

@@ -20,6 +20,7 @@ page for the committed records docs/records/leaderboard.jsonl.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -388,6 +389,19 @@ def render_leaderboard(records: list[dict[str, Any]], figures: Path | None = Non
                 row.append("—" if c is None else f"{c['auroc']:.2f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]")
             rows.append(row)
         lines += [_md(["attack", *[f"`{d}`" for d in detectors]], rows)]
+        lines += ["### Wall time per model", "",
+                  "Seconds per job, median over the dataset's models (min-max), as the executor ran it "
+                  f"({_executor_text(meta['executor'])}: one job per worker, the cores shared among them). Training: "
+                  "one model; a mitigation: its repair alone (no test curve is measured along the way); a detector: "
+                  "its inspection of one model (MNTD's shadow models and meta-classifier are fitted once per dataset "
+                  "before the sweep and not counted here).", ""]
+        timed = [("training", [m["wall_s"] for m in models if m.get("wall_s") is not None])]
+        timed += [(f"`{m}`", [x["wall_s"] for x in defenses if x["defense"] == m]) for m in mitigations]
+        detections = [r for r in records if r.get("row") == "detection" and r["dataset"] == dataset]
+        timed += [(f"`{d}`", [x["wall_s"] for x in detections if x["detector"] == d]) for d in detectors]
+        lines += [_md(["job", "jobs", "median s (min-max)"],
+                      [[name, len(v), f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"]
+                       for name, v in timed if v])]
         lines += [f"![ASR after mitigation, {dataset}](figures/leaderboard-{dataset}-asr.png)",
                   f"![detection AUROC, {dataset}](figures/leaderboard-{dataset}-auroc.png)", ""]
         if figures is not None:
