@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from backdoor_arena.data.dataset import Dataset, DatasetInfo
+from backdoor_arena.defenses import MITIGATIONS
 from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, anomaly_index, anomaly_indices, apply_masks
 from backdoor_arena.defenses.sentinet import grad_cam, top_region
 from backdoor_arena.defenses.spectral import SpectralSignatures, spectral_scores
@@ -54,6 +55,31 @@ def test_batched_neural_cleanse_equals_the_per_label_loop(tiny_model):
     assert torch.allclose(a.masks, b.masks, atol=1e-4) and torch.allclose(a.patterns, b.patterns, atol=1e-4)
     assert torch.allclose(a.norms, b.norms, atol=1e-2) and torch.equal(a.reached, b.reached)
     assert a.masks.min() >= 0 and a.masks.max() <= 1  # pixel space, valid masks
+
+
+def test_reversed_triggers_are_shared_through_the_cache(tiny_model, tmp_path, monkeypatch):
+    """Detection and the nc- mitigations of one model reverse-engineer once; a changed parameter, model or
+    clean set, or an unreadable cache file, reverse-engineers again."""
+    model, ds = tiny_model
+    params = {"steps": 8, "batch_size": 8, "n_samples": 48, "check_every": 4, "patience": 1}
+    runs = []
+    real = NeuralCleanse._reverse
+    monkeypatch.setattr(NeuralCleanse, "_reverse", lambda self, m, c: runs.append(1) or real(self, m, c))
+    fresh = NeuralCleanse(**params).reverse(model, ds)
+    verdict = NeuralCleanse(cache_dir=tmp_path, **params).inspect(model, ds)
+    (cached,) = tmp_path.glob("triggers-*.safetensors")
+    assert len(runs) == 2 and verdict.details["norms"] == pytest.approx(fresh.norms.tolist())
+    repaired = MITIGATIONS.create("nc-pruning", detector={"cache_dir": str(tmp_path), **params}).repair(model, ds)
+    assert len(runs) == 2 and repaired.info["label"] == int(fresh.norms.argmin())  # the cached triggers were used
+    again = NeuralCleanse(cache_dir=tmp_path, **params).reverse(model, ds)
+    assert len(runs) == 2 and all(torch.equal(getattr(again, f), getattr(fresh, f))
+                                  for f in ("masks", "patterns", "norms", "success", "reached"))
+    NeuralCleanse(cache_dir=tmp_path, **(params | {"steps": 9})).reverse(model, ds)
+    NeuralCleanse(cache_dir=tmp_path, **params).reverse(model, ds.subset(torch.arange(90)))
+    assert len(runs) == 4 and len(list(tmp_path.glob("triggers-*.safetensors"))) == 3
+    cached.write_bytes(b"not safetensors")
+    assert torch.equal(NeuralCleanse(cache_dir=tmp_path, **params).reverse(model, ds).masks, fresh.masks)
+    assert len(runs) == 5
 
 
 def test_neural_cleanse_parameters_are_validated():

@@ -51,6 +51,7 @@ ARCHITECTURES = {"mnist": "badnet-mnist", "fashion-mnist": "badnet-mnist", "gtsr
 MODEL_ATTACK_POISONING = {"nc-evasive": "blended", "strip-evasive": "blended"}
 DEFAULT_POISONING = "badnets"
 SHADOW_DETECTOR = "mntd"  # the model detector that trains shadow models (fitted once per dataset, cached)
+NC_SHARING = ("neural-cleanse",)  # detectors whose reversed triggers the nc- mitigations reuse (and vice versa)
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.05, 0
 CLEAN = "clean"
 
@@ -99,6 +100,8 @@ class BenchmarkConfig:
 def _params(kind: str, name: str, quick: bool, dataset: str) -> dict[str, Any]:
     registry = {"mitigation": MITIGATIONS, "model": MODEL_DETECTORS, "input": INPUT_DETECTORS, "data": DATA_FILTERS}[kind]
     params = dict(getattr(registry.get(name), "example_params", {})) if quick else {}
+    if "full_curve" in getattr(registry.get(name), "param_help", {}):  # measuring past the stop: plot only
+        params["full_curve"] = False
     if kind == "model" and name == SHADOW_DETECTOR:  # its shadows share the inspected models' architecture
         params.setdefault("architecture", ARCHITECTURES[dataset])
     return params
@@ -162,8 +165,13 @@ def train_benchmark_model(ctx: JobContext) -> dict[str, Any]:
 def defend_benchmark_model(ctx: JobContext) -> dict[str, Any]:
     """Sweep job: one mitigation on one backdoored model; test metrics after repair."""
     c = ctx.config
+    params = c["params"]
+    if "detector" in getattr(MITIGATIONS.get(c["mitigation"]), "param_help", {}) and "nc_cache" in ctx.paths:
+        # a mitigation built on Neural Cleanse: the model's reversed triggers are shared with the other such
+        # mitigations and with detection (the cache is keyed by model, clean set and every NC parameter)
+        params = params | {"detector": (params.get("detector") or {}) | {"cache_dir": ctx.paths["nc_cache"]}}
     r = defend(c["mitigation"], ctx.paths["model"], ctx.paths["out"], attack_spec=ctx.paths["spec"],
-               params=c["params"], seed=0, data_root=ctx.paths.get("data_root"), progress=False, overwrite=True,
+               params=params, seed=0, data_root=ctx.paths.get("data_root"), progress=False, overwrite=True,
                curve_samples=0)  # only the repaired model's metrics go in the table: its wall time is the repair's
     return {"clean_accuracy_after": r.after.get("clean_accuracy"),
             "attack_success_rate_after": r.after.get("attack_success_rate"), "wall_s": r.wall_time_s}
@@ -175,6 +183,8 @@ def detect_benchmark_model(ctx: JobContext) -> dict[str, Any]:
     the AUROC of triggered vs clean inputs, or poisoned vs clean training samples)."""
     c = ctx.config
     params = c["params"] | ({"cache_dir": ctx.paths["shadows"]} if c["detector"] == SHADOW_DETECTOR else {})
+    if c["detector"] in NC_SHARING and "nc_cache" in ctx.paths:
+        params |= {"cache_dir": ctx.paths["nc_cache"]}
     r = detect(c["detector"], ctx.paths["model"], attack_spec=ctx.paths.get("spec"), params=params,
                data_root=ctx.paths.get("data_root"), progress=False)
     v = r.values
@@ -215,15 +225,18 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
 
     defend_jobs, detect_jobs = [], []
     shadows = str((out / "mntd-shadows").resolve())
-    for j in ok:
-        bad = j.config["attack"] != CLEAN
-        for m in lists["mitigations"] if bad else ():
+    nc_cache = str((out / "nc-triggers").resolve())
+    # mitigation by mitigation: two mitigations sharing one model's reversed triggers then rarely run at once
+    for m, j in ((m, j) for m in lists["mitigations"] for j in ok):
+        if j.config["attack"] != CLEAN:
             defend_jobs.append(Job("benchmark-defend", {"model": j.label, "mitigation": m,
                                                         "params": _params("mitigation", m, config.quick, j.config["dataset"]),
                                                         "model_sha256": done[j.id]["model_sha256"]}, seed=0,
                                    label=f"{j.label}/{m}", paths=paths | {
-                                       "model": j.paths["model"], "spec": spec(j),
+                                       "model": j.paths["model"], "spec": spec(j), "nc_cache": nc_cache,
                                        "out": str((out / "repaired" / f"{j.label}-{m}.safetensors").resolve())}))
+    for j in ok:
+        bad = j.config["attack"] != CLEAN
         detectors = [("model", x) for x in lists["model_detectors"]]
         if bad:
             detectors += [("input", x) for x in lists["input_detectors"]] + [("data", x) for x in lists["data_filters"]]
@@ -232,7 +245,7 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
                                                         "params": _params(kind, x, config.quick, j.config["dataset"]),
                                                         "model_sha256": done[j.id]["model_sha256"]}, seed=0,
                                    label=f"{j.label}/{x}",
-                                   paths=paths | {"model": j.paths["model"], "shadows": shadows}
+                                   paths=paths | {"model": j.paths["model"], "shadows": shadows, "nc_cache": nc_cache}
                                    | ({"spec": spec(j)} if bad else {})))
     (out / "repaired").mkdir(exist_ok=True)
     defended = run_sweep(defend_jobs, out / "sweeps" / "defend", executor, progress=progress, desc="benchmark defend")

@@ -51,10 +51,15 @@ reversed triggers is drawn by the reporting layer (`report.plot_reversed_trigger
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -63,6 +68,7 @@ from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError
 from ..nn_tools import last_linear, model_copy, penultimate_features
 from ..runtime import seeded
+from ..safeio import atomic_write_bytes
 from . import MITIGATIONS, MODEL_DETECTORS
 from .base import ModelVerdict, Monitor, Repaired, check_clean_set
 
@@ -304,6 +310,8 @@ class NeuralCleanse:
         "symmetric_ratio": "K-Arm: flag when the reverse trigger (target to source) is this many times larger.",
         "label_ratio": "K-Arm: the same bound when the lead arm is label-specific (the authors: 10).",
         "finish_all": "K-Arm: run every arm to `steps` (all labels finish when all are arms: NC's statistic).",
+        "cache_dir": "Folder where reversed triggers are kept, keyed by model, clean set and parameters, so that "
+                     "detection and the nc- mitigations of one model reverse-engineer once (none: no cache).",
     }
 
     def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
@@ -311,7 +319,7 @@ class NeuralCleanse:
                  cost_multiplier: float = 1.5, threshold: float = 2.0, n_samples: int = 1000, batched: bool = True,
                  pass_images: int = 160, seed: int = 0, progress: bool = False, schedule: str = "all",
                  top_k: int | None = None, arms: int | None = None, epsilon: float = 0.3, symmetric_ratio: float = 3.0,
-                 finish_all: bool = False, label_ratio: float = 10.0) -> None:
+                 finish_all: bool = False, label_ratio: float = 10.0, cache_dir: str | Path | None = None) -> None:
         problems = []
         if schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
@@ -347,10 +355,25 @@ class NeuralCleanse:
         self.schedule, self.top_k, self.arms, self.epsilon = schedule, top_k, arms, float(epsilon)
         self.symmetric_ratio, self.finish_all = float(symmetric_ratio), bool(finish_all)
         self.label_ratio = float(label_ratio)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     # -- reverse engineering ----------------------------------------------------------------
     def reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
-        """Reversed masks and patterns of every label (the model is copied, never changed)."""
+        """Reversed masks and patterns of every label (the model is copied, never changed); from `cache_dir`
+        when this model, clean set and these parameters were reverse-engineered before."""
+        if self.cache_dir is None:
+            return self._reverse(model, clean)
+        path = self.cache_dir / f"triggers-{_cache_key(model, clean, self.params())}.safetensors"
+        cached = _load_triggers(path)
+        if cached is not None:
+            return cached
+        rev = self._reverse(model, clean)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, safetensors.torch.save({f.name: getattr(rev, f.name).contiguous()
+                                                         for f in fields(ReversedTriggers)}))
+        return rev
+
+    def _reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
         # Everything random is drawn up front, so the batched and per-label runs see the same numbers.
         net, x_all, _, k, init_mask, init_pattern, batches = self._setup(model, clean)
         # Batched: as many labels per pass as fit `pass_images` images. On 2 CPU cores one pass of 320
@@ -569,6 +592,26 @@ class NeuralCleanse:
 
 
 # --------------------------------------------------------------------------- mitigations
+def _cache_key(model: nn.Module, clean: Dataset, params: dict[str, Any]) -> str:
+    """sha256 over the model's tensors (name order), the clean images and labels, and the parameters."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    tensors = sorted(model.state_dict().items()) + [("clean.images", clean.images), ("clean.labels", clean.labels)]
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _load_triggers(path: Path) -> ReversedTriggers | None:
+    """The cached triggers at `path`, or None when absent or unreadable (then they are computed again)."""
+    try:
+        tensors = safetensors.torch.load(path.read_bytes())
+        return ReversedTriggers(**{f.name: tensors[f.name] for f in fields(ReversedTriggers)})
+    except (OSError, KeyError, TypeError, ValueError, safetensors.SafetensorError):
+        return None
+
+
 def _target_label(rev: ReversedTriggers, label: int | None) -> int:
     if label is not None:
         return label
