@@ -407,7 +407,10 @@ def render_leaderboard(records: list[dict[str, Any]], figures: Path | None = Non
                   f"({_executor_text(meta['executor'])}: one job per worker, the cores shared among them). Training: "
                   "one model; a mitigation: its repair alone (no test curve is measured along the way); a detector: "
                   "its inspection of one model (MNTD's shadow models and meta-classifier are fitted once per dataset "
-                  "before the sweep and not counted here).", ""]
+                  "before the sweep and not counted here). Neural Cleanse reverse-engineers each model once: "
+                  f"{', '.join(f'`{d}`' for d in NC_SHARING)} and the mitigations built on it share the cached "
+                  "triggers, so the first of them to run on a model pays for it (mitigations run before detectors).",
+                  ""]
         timed = [("training", [m["wall_s"] for m in models if m.get("wall_s") is not None])]
         timed += [(f"`{m}`", [x["wall_s"] for x in defenses if x["defense"] == m]) for m in mitigations]
         detections = [r for r in records if r.get("row") == "detection" and r["dataset"] == dataset]
