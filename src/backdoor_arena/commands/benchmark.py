@@ -34,7 +34,9 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated mitigations (default: every registered).")] = None,
         detectors: Annotated[str | None, typer.Option(
             help="Comma-separated detectors of any kind (default: every registered).")] = None,
-        train_size: Annotated[int | None, typer.Option(help="Each model trains on a seeded subset this large.")] = 6000,
+        train_size: Annotated[int | None, typer.Option(help=(
+            "Each model trains on a seeded subset this large (default: the attack catalogue's budget, at which "
+            "badnets, blended, invisible and trojannn are learned at their defaults)."))] = 20000,
         epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 2,
         quick: Annotated[bool, typer.Option(help="Defenses at their example (smoke-test) parameters.")] = False,
         docs: Annotated[Path | None, typer.Option(
