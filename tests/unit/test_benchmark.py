@@ -73,3 +73,24 @@ def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
     assert strip[1:] == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records][1:]
     assert again["failures"] == []
     json.dumps(records, allow_nan=False)
+
+
+def test_the_committed_leaderboard_is_its_records_rendering():
+    """docs/leaderboard.md is what `benchmark --docs docs` rendered from docs/records/leaderboard.jsonl, and that
+    run covered every attack, mitigation and detector registered now (a new plugin means a new run)."""
+    from pathlib import Path
+
+    from backdoor_arena.attacks import ATTACKS, MODEL_ATTACKS
+    from backdoor_arena.defenses import DATA_FILTERS, INPUT_DETECTORS, MITIGATIONS, MODEL_DETECTORS
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    records = read_records(docs / "records" / "leaderboard.jsonl")
+    assert (docs / "leaderboard.md").read_text() == render_leaderboard(records)
+    covered = next(r for r in records if r.get("row") == "run")["covered"]
+    assert set(covered["attacks"]) == {*ATTACKS.names(), *MODEL_ATTACKS.names()}
+    assert set(covered["mitigations"]) == set(MITIGATIONS.names())
+    assert set(covered["model_detectors"] + covered["input_detectors"] + covered["data_filters"]) == {
+        *MODEL_DETECTORS.names(), *INPUT_DETECTORS.names(), *DATA_FILTERS.names()}
+    for dataset in next(r for r in records if r.get("row") == "run")["config"]["datasets"]:
+        for kind in ("asr", "auroc"):
+            assert (docs / "figures" / f"leaderboard-{dataset}-{kind}.png").stat().st_size > 1000
