@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset, to_float
 from ..errors import ConfigError
+from ..modelfile import tensors_sha256
 from ..nn_tools import last_linear, model_copy, penultimate_features
 from ..runtime import seeded
 from ..safeio import atomic_write_bytes
@@ -593,14 +594,12 @@ class NeuralCleanse:
 
 # --------------------------------------------------------------------------- mitigations
 def _cache_key(model: nn.Module, clean: Dataset, params: dict[str, Any]) -> str:
-    """sha256 over the model's tensors (name order), the clean images and labels, and the parameters."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    tensors = sorted(model.state_dict().items()) + [("clean.images", clean.images), ("clean.labels", clean.labels)]
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:32]
+    """sha256 over the model's tensors, the clean images and labels (as a model file hashes its tensors), and the
+    parameters."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | {"clean.images": clean.images,
+                                                                          "clean.labels": clean.labels}
+    text = json.dumps({"tensors": tensors_sha256(tensors), "params": params}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _load_triggers(path: Path) -> ReversedTriggers | None:
