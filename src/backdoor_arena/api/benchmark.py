@@ -279,13 +279,14 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
         rows.append({"row": "detection", "dataset": mj.config["dataset"], "attack": mj.config["attack"],
                      "seed": mj.config["seed"], "model": job.config["model"], "detector": job.config["detector"],
                      "kind": rec["kind"], "score": rec["score"], "flagged": rec.get("flagged"), "wall_s": rec["wall_s"]})
-    failures = [{"job": f.label, "error": f.error} for r in (trained, defended, detected) for f in r.failures]
-    # the jobs' own wall time, summed over every job whatever run made it: a resumed run's wall time is only its part
-    job_wall = sum(rec.get("run", {}).get("wall_s", 0.0) for r in (trained, defended, detected)
-                   for rec in r.by_id().values())
+    sweeps = (trained, defended, detected)
+    failures = [{"job": f.label, "error": f.error} for r in sweeps for f in r.failures]
+    job_records = [rec for r in sweeps for rec in r.records]
     meta = {"row": "run", "config": config.to_dict(), "covered": {k: list(v) for k, v in lists.items()},
-            "wall_time_s": round(wall, 1), "job_wall_s": round(job_wall, 1),
-            "jobs": sum(len(r.by_id()) for r in (trained, defended, detected)), "executor": (executor or Executor()).describe(), "versions": versions(),
+            # the jobs' own wall time, summed whatever run made them: a resumed run's wall time is only its part
+            "wall_time_s": round(wall, 1), "jobs": len(job_records),
+            "job_wall_s": round(sum(rec.get("run", {}).get("wall_s", 0.0) for rec in job_records), 1),
+            "executor": (executor or Executor()).describe(), "versions": versions(),
             "failures": failures, "command": command_line(config, executor)}
     records = [meta, *rows]
     write_jsonl(out / "records.jsonl", records)
