@@ -23,7 +23,7 @@ a job's id, so a folder can move without losing its records.
 
 Executors: `local` (in this process, one job at a time; the default), `processes` (a pool of N worker
 processes started by forkserver or spawn, never fork, each with torch threads = threads // N so cores are
-not oversubscribed) and `ray` (Ray tasks with `cpus_per_job`/`gpus_per_job` each and `max_retries` on
+not oversubscribed; they leave when the driver dies, however it was killed) and `ray` (Ray tasks with `cpus_per_job`/`gpus_per_job` each and `max_retries` on
 worker failure; Ray is imported only when asked for). Job results travel back to the driver, which writes
 every record and log itself, so only files the jobs write themselves (model files) need a shared file
 system on a cluster. Records from every executor are identical except their `run` field (executor, host,
@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -228,11 +229,37 @@ def one_line(exc: BaseException) -> str:
 # ---- the worker side: the same function runs a job in this process, a pool worker or a Ray worker --------
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, driver_pid: int | None = None) -> None:
     """A pool or Ray worker's start: its share of the threads (the worker process is its own, so this
-    process-wide setting is the worker's to make), also for code that reads the variable later."""
+    process-wide setting is the worker's to make), also for code that reads the variable later. A pool
+    worker also watches its sweep's driver and leaves when it is gone."""
     os.environ["BACKDOOR_ARENA_THREADS"] = str(threads)
     set_threads(threads)
+    if driver_pid is not None:
+        threading.Thread(target=_exit_with_driver, args=(driver_pid,), name="driver-watch", daemon=True).start()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): kill(0) is all there is
+        return True
+
+
+def _exit_with_driver(driver_pid: int, every_s: float = 0.5) -> None:
+    # A pool worker is the forkserver's child, not the driver's, and a driver killed by a signal runs no
+    # clean-up: without this watch its workers (and the forkserver, which waits for them) live on, orphans
+    # holding their memory and finishing jobs nobody will record.
+    while process_alive(driver_pid):
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def execute(kind: str, module: str, config: Mapping[str, Any], seed: int | None, label: str,
@@ -404,7 +431,7 @@ def _run_processes(pending: list[Job], driver: _Driver) -> None:
     threads = max(1, driver.executor.budget() // driver.executor.workers())
     workers = min(driver.executor.workers(), len(pending))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(start_method()),
-                               initializer=_worker_init, initargs=(threads,))
+                               initializer=_worker_init, initargs=(threads, os.getpid()))
     try:
         futures = {pool.submit(execute, *_args(job)): job for job in pending}
         remaining = set(futures)

@@ -5,6 +5,7 @@ through the executors give the models and scores of the serial run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -19,7 +20,16 @@ import pytest
 import torch
 
 from backdoor_arena.errors import ConfigError
-from backdoor_arena.sweep import Executor, Job, JobContext, SweepError, run_sweep, stable_record, sweep_job
+from backdoor_arena.sweep import (
+    Executor,
+    Job,
+    JobContext,
+    SweepError,
+    process_alive,
+    run_sweep,
+    stable_record,
+    sweep_job,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -228,6 +238,45 @@ def test_a_pool_worker_killed_mid_job_is_reported_then_resumed(reference, tmp_pa
     second = run_sweep(jobs, tmp_path / "s", Executor("processes", jobs=2), progress=False)
     assert not second.failures and second.ran == len(first.failures)
     assert [r["weights_sha256"] for r in second.records] == [r["weights_sha256"] for r in reference.records[:2]]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's processes through /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_pool_driver_leaves_no_worker_behind(tmp_path, sig):
+    """Workers are the forkserver's children, so the driver's death closes nothing of theirs: they must see it."""
+    script = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(HERE)!r}]\n"
+              "from test_sweep import _jobs\nfrom backdoor_arena.sweep import Executor, run_sweep\n"
+              "if __name__ == '__main__':\n"
+              f"    run_sweep(_jobs(4, sleep_s=120), {str(tmp_path / 's')!r}, Executor('processes', jobs=2), "
+              "progress=False)\n")
+    (tmp_path / "driver.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")],
+                            env={**os.environ, "BACKDOOR_ARENA_THREADS": "2"})
+    deadline, workers = time.monotonic() + 60, []
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        workers = [w for kid in _children(proc.pid) for w in _children(kid)]
+    assert len(workers) == 2, "the pool's two workers did not start"
+    helpers = _children(proc.pid)  # the forkserver and the resource tracker
+    proc.send_signal(sig)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(process_alive(p) for p in workers + helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in workers + helpers if process_alive(p)]
+    for p in left:  # never leave them to the next test
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes {left} outlived their driver (killed by {sig.name})"
+    assert not list((tmp_path / "s" / "records").glob("*.json"))  # the sleeping jobs were never recorded
 
 
 def test_ray_missing_is_one_clear_error(monkeypatch, tmp_path):
