@@ -142,15 +142,21 @@ def _splits(dataset: str, data_root: str | None) -> tuple[Any, Any]:
     return _DATA[key]
 
 
+def training_subset(rest: Any, train_size: int | None, seed: int) -> Any:
+    """The seeded training subset of one benchmark model (all of `rest`, the split less the defenders' hold-out,
+    when train_size is None or not smaller)."""
+    if train_size is None or train_size >= len(rest):
+        return rest
+    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(1000 + seed))
+    return rest.subset(order[:train_size].sort().values)
+
+
 @sweep_job("benchmark-model")
 def train_benchmark_model(ctx: JobContext) -> dict[str, Any]:
     """Sweep job: one clean or backdoored model of the benchmark (model file + attack spec)."""
     c = ctx.config
     rest, test = _splits(c["dataset"], ctx.paths.get("data_root"))
-    train_set = rest
-    if c["train_size"] is not None and c["train_size"] < len(rest):
-        order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(1000 + c["seed"]))
-        train_set = rest.subset(order[: c["train_size"]].sort().values)
+    train_set = training_subset(rest, c["train_size"], c["seed"])
     info = dataset_info(c["dataset"])
     config = TrainConfig(epochs=c["epochs"], seed=c["seed"], progress=False)
     atk, train_fn = None, None
