@@ -14,6 +14,7 @@ from backdoor_arena.api.benchmark import (
     HOLDOUT_SEED,
     TARGETS,
     BenchmarkConfig,
+    TrainingBudget,
     read_records,
     render_leaderboard,
     training_subset,
@@ -21,6 +22,7 @@ from backdoor_arena.api.benchmark import (
 from backdoor_arena.attacks import ATTACKS, make_attack
 from backdoor_arena.data import dataset_info, load_dataset
 from backdoor_arena.defenses import clean_holdout
+from tests.helpers import run_cli
 
 
 @pytest.fixture()
@@ -47,10 +49,29 @@ def test_new_plugins_join_the_benchmark_by_registration_alone(toys):
 
 @pytest.mark.parametrize("bad, match", [({"datasets": ("mnist", "svhn")}, "datasets"), ({"seeds": (0, 0)}, "seeds"),
                                         ({"attacks": ("badnet",)}, "attacks"), ({"epochs": 0}, "epochs"),
-                                        ({"detectors": ("nc",)}, "detectors"), ({"train_size": 5}, "train_size")])
+                                        ({"detectors": ("nc",)}, "detectors"), ({"train_size": 5}, "train_size"),
+                                        ({"train_size": "most"}, "train_size"), ({"epochs": "2"}, "epochs")])
 def test_bad_configs_are_one_line_errors(bad, match):
     with pytest.raises(api.ConfigError, match=match):
         BenchmarkConfig(**bad)
+
+
+def test_each_dataset_trains_on_its_own_budget_unless_one_is_given():
+    auto = BenchmarkConfig()
+    # MNIST's budget is the one its committed records were made with (so their job ids are unchanged)
+    assert auto.budget("mnist") == TrainingBudget(20000, 2, 0.0)
+    assert auto.budget("gtsrb") == TrainingBudget(None, 3, 5e-4)  # the whole split: 2 epochs of 20,000 gave 53-84%
+    given = BenchmarkConfig(train_size=None, epochs=1)
+    assert given.budget("mnist") == TrainingBudget(None, 1, 0.0) and given.budget("gtsrb") == TrainingBudget(None, 1, 5e-4)
+
+
+def test_the_cli_reads_auto_all_and_counts_and_refuses_the_rest(capsys, monkeypatch, tmp_path):
+    for args, fragment in ((["--epochs", "two"], "--epochs takes an integer"),
+                           (["--train-size", "most"], "--train-size takes an integer, all or auto"),
+                           (["--train-size", "50"], "train_size must be an integer >= 100")):
+        code, _, err = run_cli(["benchmark", "--out", str(tmp_path / "b"), *args], capsys, monkeypatch)
+        assert code == 2 and fragment in " ".join(err.replace("│", " ").split()) and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists()
 
 
 def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
@@ -98,14 +119,14 @@ def test_every_clean_label_attack_can_poison_each_benchmark_models_training_set(
     assert {"sig", "label-consistent"} <= set(clean_label)
     rest = clean_holdout(load_dataset(dataset, "train", data_root), HOLDOUT_FRACTION, HOLDOUT_SEED)[0]
     for seed in config.seeds:
-        subset = training_subset(rest, config.train_size, seed)
+        subset = training_subset(rest, config.budget(dataset).train_size, seed)
         share = float((subset.labels == target).float().mean())
         for name in clean_label:
             atk = make_attack(name, num_classes=info.num_classes, channels=info.input_shape[0],
                               image_size=info.input_shape[1], target=target, seed=seed)
             assert atk.poison_rate <= share, (name, seed, atk.poison_rate, share)
     if dataset == "gtsrb":  # and the first target would not have done
-        assert float((training_subset(rest, config.train_size, 0).labels == 0).float().mean()) < 0.01
+        assert float((training_subset(rest, config.budget(dataset).train_size, 0).labels == 0).float().mean()) < 0.01
 
 
 def test_the_committed_leaderboard_is_its_records_rendering():
