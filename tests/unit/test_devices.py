@@ -129,14 +129,17 @@ def test_defend_detect_and_transfer_record_their_device(tiny_mnist_model, tmp_pa
 
 
 def test_defend_without_a_test_curve_repairs_the_same_model(tiny_mnist_model, tmp_path):
-    """curve_samples=0 (what the leaderboard runs): no test evaluation along the way, the same repaired model."""
+    """curve_samples=0 and measure_before=False (what the leaderboard runs): no test evaluation along the way
+    nor before the repair, the same repaired model."""
     model, spec = tiny_mnist_model
     params = {"epochs": 1, "step": 16, "full_curve": False}
     with_curve = api.defend("fine-pruning", model, tmp_path / "a.safetensors", attack_spec=spec, params=params,
                             curve_samples=200, clean_fraction=0.01, progress=False)
     without = api.defend("fine-pruning", model, tmp_path / "b.safetensors", attack_spec=spec, params=params,
-                         curve_samples=0, clean_fraction=0.01, progress=False)
+                         curve_samples=0, clean_fraction=0.01, progress=False, measure_before=False)
     assert without.tensors_sha256 == with_curve.tensors_sha256 and without.after == with_curve.after
+    # measure_before=False (also the leaderboard's): the model is not measured again, the repair is the same
+    assert without.before == {} and set(with_curve.before) >= {"clean_accuracy", "attack_success_rate"}
     rows = [json.loads(line) for line in Path(without.curve_jsonl).read_text().splitlines()]
     assert rows and all("attack_success_rate" not in r and "clean_accuracy" not in r for r in rows)
     assert any("attack_success_rate" in json.loads(line) for line in Path(with_curve.curve_jsonl).read_text().splitlines())

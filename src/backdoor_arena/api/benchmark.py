@@ -231,7 +231,8 @@ def defend_benchmark_model(ctx: JobContext) -> dict[str, Any]:
         params = params | {"detector": (params.get("detector") or {}) | {"cache_dir": ctx.paths["nc_cache"]}}
     r = defend(c["mitigation"], ctx.paths["model"], ctx.paths["out"], attack_spec=ctx.paths["spec"],
                params=params, seed=0, data_root=ctx.paths.get("data_root"), progress=False, overwrite=True,
-               curve_samples=0)  # only the repaired model's metrics go in the table: its wall time is the repair's
+               curve_samples=0, measure_before=False)  # the table has the model's own metrics and the repaired
+    # model's; curve_samples=0: the job's wall time is the repair's
     return {"clean_accuracy_after": r.after.get("clean_accuracy"),
             "attack_success_rate_after": r.after.get("attack_success_rate"), "wall_s": r.wall_time_s}
 

@@ -95,7 +95,7 @@ def defend(
     defense: str, model_path: str | Path, out: str | Path, *, clean_fraction: float = 0.05,
     attack_spec: str | Path | None = None, seed: int = 0, params: dict[str, Any] | None = None,
     curve_samples: int | None = 2000, data_root: str | Path | None = None, progress: bool = True,
-    overwrite: bool = False, force: bool = False, device: str = "auto",
+    overwrite: bool = False, force: bool = False, device: str = "auto", measure_before: bool = True,
 ) -> DefenseResult:
     """Repair a model file with a registered mitigation and write the repaired model file, its curve
     (PNG + JSONL) beside it; returns `before`/`after` metrics on the test split (ASR with a spec).
@@ -103,7 +103,8 @@ def defend(
     only with `overwrite`. `device`: where a mitigation that takes one runs (else the CPU); recorded in the
     repaired model's manifest. `curve_samples`: test inputs the curve is measured on at every point (None:
     the whole test split; 0: no test curve, only what the mitigation measures on its clean set, so the
-    wall time is the repair's own)."""
+    wall time is the repair's own). `measure_before=False` leaves `before` empty: a caller that measured the
+    model already (the leaderboard, when it trained it) saves a pass over the test split per repair."""
     out = check_model_output(out, inputs=[model_path, attack_spec], side_files=curve_paths(out),
                              overwrite=overwrite)
     if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction <= 1):
@@ -121,7 +122,7 @@ def defend(
     test = load_dataset(m.dataset, "test", data_root)
     check_model_fits(m, test)
     clean, clean_source = defender_clean_set(m, train, clean_fraction, seed)
-    before = _metrics(loaded.model, test, atk)
+    before = _metrics(loaded.model, test, atk) if measure_before else {}
     started = time.perf_counter()
     monitor = None if curve_samples == 0 else make_monitor(test, atk, curve_samples, seed)
     repaired = mitigation.repair(loaded.model, clean, monitor=monitor)
