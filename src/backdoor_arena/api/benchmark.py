@@ -5,8 +5,9 @@ detector, on each dataset, over several seeds, through the sweep executor; the r
 Three sweeps, each resumable (OUT/sweeps/{models,defend,detect}/):
 
   1. models   per dataset and seed, one clean model and one model per attack (data poisoning with the
-              attack's defaults, the dataset's target class: 0, or TARGETS'; model-level attacks around their
-              usual poisoning), each on its own seeded training subset, the defenders' hold-out (seed 0) kept out;
+              attack's defaults, target class 0 or the dataset's own in TARGETS; model-level attacks around
+              their usual poisoning), each on its own seeded training subset at its dataset's budget (BUDGETS),
+              the defenders' hold-out (seed 0) kept out;
   2. defend   every mitigation on every backdoored model: clean accuracy and ASR after repair;
   3. detect   every model detector on every model (its score; AUROC over backdoored vs clean models), every
               input detector and data filter on every backdoored model (AUROC between triggered and clean
