@@ -443,7 +443,7 @@ def test_defend_refuses_its_own_input_before_any_work(workdir, capsys, monkeypat
 def test_overwrite_is_needed_to_replace_an_output(workdir, capsys, monkeypatch, tiny_mnist_model):
     model = workdir / "in" / "model.safetensors"
     out = workdir / "repaired.safetensors"
-    args = ["defend", "pruning", str(model), "--out", str(out), "-q", "--json"]
+    args = ["defend", "pruning", str(model), "--out", str(out), "-q", "--json", "-p", "step=32"]  # coarse: fast
     code, first, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     written = out.read_bytes()

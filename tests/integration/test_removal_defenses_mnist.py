@@ -76,7 +76,7 @@ def test_defend_fine_pruning_cli_removes_the_backdoor(backdoored, tmp_path, caps
     assert png.stat().st_size > 1000 and jsonl.is_file()
     # without a spec: accuracy only
     code, stdout, err = run_cli(["defend", "pruning", str(path), "--out", str(tmp_path / "p.safetensors"), "--json",
-                                 "--quiet"], capsys, monkeypatch)
+                                 "--quiet", "-p", "step=32"], capsys, monkeypatch)  # coarse steps: what is reported
     assert code == 0, err
     r = json.loads(stdout)
     assert set(r["before"]) == {"clean_accuracy"} and set(r["after"]) == {"clean_accuracy"}
