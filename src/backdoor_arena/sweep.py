@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from .errors import ArenaError, ConfigError
@@ -273,7 +274,8 @@ def execute(kind: str, module: str, config: Mapping[str, Any], seed: int | None,
         buf.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    # the job's torch threads: they set the order of float sums, and with the executor they say how it ran
+    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads()}
     try:
         fn = JOBS.get(kind)
         ctx = JobContext(config, seed, label, paths, log)
@@ -345,6 +347,7 @@ class _Driver:
                                 subject={"job": job.name, RUN_FIELD: {
                                     **outcome.get("run", {}), "executor": self.executor.name,
                                     "host": outcome.get("host"), "pid": outcome.get("pid"),
+                                    "threads": outcome.get("threads"),
                                     "wall_s": outcome.get("wall_s"), "cpu_s": outcome.get("cpu_s")}},
                                 versions=versions(), run_id=job.id).to_dict()
             except ValueError as exc:  # the result shadows a reserved field

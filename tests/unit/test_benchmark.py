@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from backdoor_arena import api
 from backdoor_arena.api.benchmark import (
@@ -94,6 +95,8 @@ def test_a_small_benchmark_runs_resumes_and_renders(toys, tmp_path, data_root):
     assert "`toy-corner`" in page and "after `fine-tuning`" in page and "`strip`" in page
     # the cost table: one row per job kind with its job count (two models were trained, both scanned by mntd)
     assert "### Wall time per model" in page and "| training | 2 |" in page and "| `mntd` | 2 |" in page
+    # how the jobs ran, from their own records (each records its executor and threads)
+    assert f"as the executor ran it (executor local, {torch.get_num_threads()} thread(s) per job:" in page
     assert "| `fine-tuning` | 1 |" in page and "| `strip` | 1 |" in page
     assert page == render_leaderboard(records)  # the page is its records' rendering
     assert (tmp_path / "docs" / "leaderboard.md").read_text() == page

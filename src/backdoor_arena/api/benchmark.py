@@ -351,6 +351,7 @@ def benchmark(out: str | Path, config: BenchmarkConfig = BenchmarkConfig(), *, d
             "wall_time_s": round(wall, 1), "jobs": len(job_records),
             "job_wall_s": round(sum(rec.get("run", {}).get("wall_s", 0.0) for rec in job_records), 1),
             "executor": (executor or Executor()).describe(), "versions": versions(),
+            "job_executors": _job_executors(job_records),
             "failures": failures, "command": command_line(config, executor)}
     records = [meta, *rows]
     write_jsonl(out / "records.jsonl", records)
@@ -480,7 +481,7 @@ def render_leaderboard(records: list[dict[str, Any]], figures: Path | None = Non
         lines += [_md(["attack", *[f"`{d}`" for d in detectors]], rows)]
         lines += ["### Wall time per model", "",
                   "Seconds per job, median over the dataset's models (min-max), as the executor ran it "
-                  f"({_executor_text(meta['executor'])}: one job per worker, the cores shared among them). Training: "
+                  f"({_ran_text(meta)}: one job per worker, the cores shared among them). Training: "
                   "one model; a mitigation: its repair alone (no test curve is measured along the way); a detector: "
                   "its inspection of one model (MNTD's shadow models and meta-classifier are fitted once per dataset "
                   "before the sweep and not counted here). Neural Cleanse reverse-engineers each model once: "
@@ -512,6 +513,26 @@ def render_leaderboard(records: list[dict[str, Any]], figures: Path | None = Non
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _job_executors(job_records: list[dict[str, Any]]) -> dict[str, int]:
+    """How the jobs ran, over every invocation that made their records: jobs per executor and thread count."""
+    counts: dict[str, int] = {}
+    for rec in job_records:
+        run = rec.get("run", {})
+        threads = run.get("threads")
+        key = f"executor {run.get('executor')}" + (f", {threads} thread(s) per job" if threads else "")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _ran_text(meta: dict[str, Any]) -> str:
+    ran = meta.get("job_executors")
+    if not ran:  # records made before the jobs' executors were summed: this invocation's executor
+        return _executor_text(meta["executor"])
+    if len(ran) == 1:
+        return next(iter(ran))
+    return "; ".join(f"{how}: {n} jobs" for how, n in ran.items())
 
 
 def _executor_text(described: dict[str, Any]) -> str:
