@@ -196,9 +196,13 @@ def test_karm_reaches_neural_cleanse_target_with_fewer_steps(mnist_models):
     karm = NeuralCleanse(schedule="k-arm", **NC).inspect(bad, clean)
     assert full.flagged and full.suspected_target == TARGET, full.details
     assert karm.flagged and karm.suspected_target == TARGET, karm.details
-    # Neural Cleanse: every label, all steps; K-Arm: under a third of that, symmetric check included
-    assert karm.details["total_steps"] < 10 * NC["steps"] / 3
-    assert karm.details["symmetric_ratio"] > karm.threshold and karm.details["statistic"] == "symmetric-ratio"
+    # Neural Cleanse: every label, all steps; K-Arm: under a third of that. A global lead is judged by the
+    # authors' size bound, with no reverse optimisation
+    assert karm.details["total_steps"] < 10 * NC["steps"] / 3 and karm.details["reverse_steps"] == 0
+    assert karm.details["statistic"] == "size" and karm.score > karm.threshold
+    bound = karm.details["size_bound_pixels"]
+    assert bound == pytest.approx(1720 / 224**2 * 28 * 28) and karm.details["forward_norm"] < bound
+    assert karm.score == pytest.approx(karm.threshold * bound / karm.details["forward_norm"])
     # the target's arm is the very problem Neural Cleanse solves for that label, from the same start; NC solves
     # it batched with the other labels, so rounding differs and 300 Adam steps amplify it (seen: 15% apart)
     assert karm.details["norms"][TARGET] == pytest.approx(full.details["norms"][TARGET], rel=0.3)
@@ -208,6 +212,10 @@ def test_karm_clears_the_clean_model(mnist_models):
     _, good, clean = mnist_models
     v = NeuralCleanse(schedule="k-arm", **NC).inspect(good, clean)
     assert not v.flagged, v.details
+    # its lead is a global arm whose mask is larger than the bound; a looser bound would flag it
+    assert v.details["statistic"] == "size" and v.details["forward_norm"] > v.details["size_bound_pixels"]
+    loose = NeuralCleanse(schedule="k-arm", size_bound=2 * v.details["forward_norm"] / 28**2, **NC).inspect(good, clean)
+    assert loose.flagged and loose.suspected_target == v.details["lead_target"]
 
 
 def test_karm_with_every_label_finishing_is_neural_cleanse(mnist_models):
@@ -224,7 +232,8 @@ def test_karm_with_every_label_finishing_is_neural_cleanse(mnist_models):
 def test_karm_bad_input_is_one_line(mnist_models):
     bad, _, clean = mnist_models
     for params, word in (({"schedule": "bandit"}, "schedule"), ({"top_k": 0}, "top_k"), ({"arms": 0}, "arms"),
-                         ({"epsilon": -0.1}, "epsilon"), ({"label_ratio": 0}, "label_ratio")):
+                         ({"epsilon": -0.1}, "epsilon"), ({"label_ratio": 0}, "label_ratio"),
+                         ({"size_bound": 0}, "size_bound"), ({"size_bound": 1.5}, "size_bound")):
         with pytest.raises(ConfigError, match=word) as e:
             NeuralCleanse(**params)
         assert "\n" not in str(e.value)
