@@ -1,5 +1,6 @@
 """K-Arm (Shen et al., ICML 2021) as a model detector of its own: Neural Cleanse's trigger reverse-engineering
-under K-Arm's schedule (logit pre-screening of the labels, a bandit over the kept arms, the symmetric check).
+under K-Arm's schedule (logit pre-screening of the labels, a bandit over the kept arms, the lead arm judged by
+its size when global and by the symmetric check when label-specific).
 
 The method lives in neural_cleanse.py (`schedule="k-arm"`); registering it under its own name lets `scan`,
 the calibrated verdict, zoo evaluations and leaderboards report K-Arm beside Neural Cleanse, each with its
