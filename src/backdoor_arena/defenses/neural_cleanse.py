@@ -44,7 +44,8 @@ Otherwise most labels were never optimised or stopped early (their norms are NaN
 median over them means nothing. A global lead's score is `symmetric_ratio` x size bound / its norm, flagged
 above `symmetric_ratio` (details["statistic"] = "size"); a label-specific lead's is the symmetric ratio
 reverse norm / forward norm, flagged above `label_ratio` (the authors' 10, on 224 x 224 inputs;
-details["statistic"] = "symmetric-ratio"). details["total_steps"] counts the label-steps spent (Neural Cleanse: labels x steps).
+details["statistic"] = "symmetric-ratio"). details["total_steps"] counts the label-steps spent (Neural
+Cleanse: labels x steps).
 
 The detector returns tensors only (masks and patterns in `ModelVerdict.artefacts`); the figure of the
 reversed triggers is drawn by the reporting layer (`report.plot_reversed_triggers`).
@@ -314,7 +315,8 @@ class NeuralCleanse:
                            "this (the scale of the symmetric ratios of label-specific leads).",
         "size_bound": "K-Arm: a global lead arm is a trigger when its mask's L1 norm is under this fraction of the "
                       "image's pixels (the authors: 1720 of 224 x 224), in (0, 1].",
-        "label_ratio": "K-Arm: the same bound when the lead arm is label-specific (the authors: 10).",
+        "label_ratio": "K-Arm: flag a label-specific lead arm when its reverse trigger (target to source) is this "
+                       "many times larger (the authors: 10).",
         "finish_all": "K-Arm: run every arm to `steps` (all labels finish when all are arms: NC's statistic).",
         "cache_dir": "Folder where reversed triggers are kept, keyed by model, clean set and parameters, so that "
                      "detection and the nc- mitigations of one model reverse-engineer once (none: no cache).",
@@ -508,6 +510,7 @@ class NeuralCleanse:
         target, victims = arms[lead]
         forward_norm = float(norms[target])
         finished = [t for (t, _), pr in zip(arms, problems, strict=True) if pr.finished]
+        arm_steps = sum(pr.step for pr in problems)
         details |= {"norms": norms.tolist(), "lead_target": target, "forward_norm": forward_norm,
                     "finished": finished, "pulls": pulls,
                     "arm_steps": {t: pr.step for (t, _), pr in zip(arms, problems, strict=True)}}
@@ -516,7 +519,7 @@ class NeuralCleanse:
             score, label = anomaly_index(norms)
             details |= {"statistic": "anomaly-index", "anomaly_index": score, "smallest_norm_label": label,
                         "anomaly_indices": anomaly_indices(norms).tolist(), "median_norm": float(median(norms)),
-                        "reverse_steps": 0, "total_steps": sum(pr.step for pr in problems)}
+                        "reverse_steps": 0, "total_steps": arm_steps}
             flagged = score > self.threshold
             return ModelVerdict(score, flagged, self.threshold, label if flagged else None, details, artefacts)
         details["smallest_norm_label"] = target
@@ -540,7 +543,7 @@ class NeuralCleanse:
             size_ratio = bound_pixels / max(forward_norm, 1e-12)
             score = self.symmetric_ratio * size_ratio
             details |= {"statistic": "size", "size_bound_pixels": bound_pixels, "size_ratio": size_ratio,
-                        "reverse_steps": 0, "total_steps": sum(pr.step for pr in problems)}
+                        "reverse_steps": 0, "total_steps": arm_steps}
             flagged = score > self.symmetric_ratio
             return ModelVerdict(score, flagged, self.symmetric_ratio, target if flagged else None, details, artefacts)
         # Symmetric check of a label-specific lead (the authors'): reverse the other way, images of the target
@@ -558,7 +561,7 @@ class NeuralCleanse:
         # no clean image predicted the target: nothing to reverse from, so no evidence either way (ratio 0)
         ratio = back_norm / max(forward_norm, 1e-12) if len(back_pool) else 0.0
         details |= {"source": source, "reverse_norm": back_norm, "symmetric_ratio": ratio, "reverse_steps": back_steps,
-                    "total_steps": sum(pr.step for pr in problems) + back_steps}
+                    "total_steps": arm_steps + back_steps}
         # the authors' bound: natural features between look-alike classes reach reverse / forward 3-4 on GTSRB
         # (dangerous curve -> slippery road 3.9, 20 -> 30 km/h 3.3, measured)
         flagged = ratio > self.label_ratio
