@@ -62,10 +62,10 @@ unevenly by other jobs and are superseded.
   seeds and triggers, not used while K-Arm was tuned; all-to-one to label 2, 10% poisoning, 3 epochs):
   Neural Cleanse flags all three backdoored models (BadNets seeds 0 and 1, blended seed 0; anomaly index
   2.65-3.09) with the right target and clears both clean ones. **K-Arm flags none of them**: its logit
-  pre-screening never makes label 2 an arm. Label 2 is in the top 11 (25% of 43) of under 34% of the
-  other classes' clean images on the BadNets models (73% on the blended one; the authors' global rule
-  asks for 95%), so every arm is a label-specific pair of look-alike signs, whose lead is small both ways
-  (symmetric ratio 1.3-2.9). It is as fast (0.08-0.10 of NC's time) but does not reach NC's verdict on 3
+  pre-screening never makes label 2 an arm (details["arms"]): label 2 is not in the top 11 (25% of 43) of
+  95% of the clean images (the authors' global rule), nor a tight enough runner-up of any class, so every
+  arm is a label-specific pair of look-alike signs, whose lead is small both ways (symmetric ratio
+  1.3-2.9). It is as fast (0.08-0.10 of NC's time) but does not reach NC's verdict on 3
   of these 5 models: on GTSRB the one-third goal is met only where NC misses too."""
 
 from __future__ import annotations
