@@ -70,6 +70,7 @@ unevenly by other jobs and are superseded.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -128,24 +129,23 @@ def _gtsrb_models() -> list[tuple[str, Path, int | None]]:
     bad, clean = GTSRB / "gtsrb-stop30.safetensors", GTSRB / "gtsrb-clean.safetensors"
     if not (bad.exists() and clean.exists()):
         return []
-    import json
-
-    target = json.loads((GTSRB / "gtsrb-stop30.attack.json").read_text())["target"]
-    return [("stop30", bad, int(target)), ("clean", clean, None)]
+    return [("stop30", bad, _spec_target(bad)), ("clean", clean, None)]
 
 
 def _gtsrb_leaderboard_models() -> list[tuple[str, Path, int | None]]:
-    import json
-
     paths = [LEADERBOARD / f"{name}.safetensors" for name in LEADERBOARD_MODELS]
     if not all(p.exists() for p in paths):
         return []
     out = []
     for name, path in zip(LEADERBOARD_MODELS, paths, strict=True):
-        spec = path.with_name(f"{name}.attack.json")
-        out.append((name.removeprefix("gtsrb-"), path, int(json.loads(spec.read_text())["target"]) if spec.exists()
-                    else None))
+        out.append((name.removeprefix("gtsrb-"), path, _spec_target(path)))
     return out
+
+
+def _spec_target(model_path: Path) -> int | None:
+    """The attack's target from the spec beside a model file (NAME.attack.json); None for a clean model."""
+    spec = model_path.with_name(model_path.name.removesuffix(".safetensors") + ".attack.json")
+    return int(json.loads(spec.read_text())["target"]) if spec.exists() else None
 
 
 def _clean_set(dataset: str, model_path: Path) -> Dataset:
