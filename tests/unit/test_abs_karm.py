@@ -190,6 +190,71 @@ def test_karm_finds_a_source_specific_backdoor_and_its_source():
     assert not v_clean.flagged, v_clean.details
 
 
+class HiddenTargetModel(torch.nn.Module):
+    """A 6-class model over 16 x 16 images: classes 0-4 are bright bands (rows 3k to 3k + 1, columns 0-12,
+    logit 12 x brightness); class 5's logit is -3 on every clean image, so it is never in any image's top-k
+    and the logit pre-screening cannot make it an arm (as label 2 of the benchmark's GTSRB models, measured).
+    With `backdoor`, a bright 2 x 2 corner (rows and columns 14-15) sends every image to class 5: an
+    all-to-one backdoor with a 4-pixel trigger."""
+
+    def __init__(self, backdoor: bool) -> None:
+        super().__init__()
+        self.backdoor = backdoor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bands = torch.stack([x[:, 0, 3 * k : 3 * k + 2, :13].mean((1, 2)) for k in range(5)], 1)
+        hidden = torch.full_like(bands[:, :1], -3.0)
+        if self.backdoor:
+            hidden = hidden + 40 * torch.relu(x[:, 0, 14:, 14:].mean((1, 2)) - 0.3)[:, None]
+        return torch.cat([12 * bands, hidden], 1)
+
+
+def _hidden_target_images(n: int, seed: int) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 5
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
+    for k in range(5):
+        x[labels == k, :, 3 * k : 3 * k + 2, :13] += 0.7
+    info = DatasetInfo("bands6", 6, (1, 16, 16), tuple("abcdef"), (0.5,), (0.5,))
+    return Dataset(info, (x.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+
+# screen_labels=6: the screening on this 6-label model (by default it runs from 20 labels up)
+SCREENED = {"schedule": "k-arm", "steps": 150, "n_samples": 400, "check_every": 5, "patience": 2, "screen_labels": 6}
+
+
+def test_karm_screening_finds_a_target_the_logit_screening_misses():
+    clean = _hidden_target_images(400, 1)
+    v = NeuralCleanse(**SCREENED).inspect(HiddenTargetModel(backdoor=True), clean)
+    assert all(a["target"] != 5 for a in v.details["arms"]), v.details["arms"]  # the pre-screening misses it
+    assert v.flagged and v.suspected_target == 5 and v.details["decided_by"] == "screened arm", v.details
+    assert v.details["screened_arms"][0]["target"] == 5  # the smallest mask after the screening pass
+    bound = v.details["size_bound_pixels"]
+    assert bound == pytest.approx(1720 / 224**2 * 16 * 16) and v.details["norms"][5] < bound
+    assert v.score == pytest.approx(v.threshold * bound / v.details["norms"][5])
+    mask = v.artefacts["masks"][5][0]
+    assert mask[14:, 14:].sum() > 0.8 * mask.sum()  # the reversed trigger lies on the corner
+    # without the screening K-Arm misses the backdoor; the clean twin is cleared with it
+    assert not NeuralCleanse(**{**SCREENED, "screen_steps": 0}).inspect(HiddenTargetModel(backdoor=True), clean).flagged
+    v_clean = NeuralCleanse(**SCREENED).inspect(HiddenTargetModel(backdoor=False), clean)
+    assert not v_clean.flagged and v_clean.details["decided_by"] == "lead arm", v_clean.details
+    # below screen_labels labels (the default 20) there is no screening
+    assert "screened_arms" not in NeuralCleanse(**{**SCREENED, "screen_labels": 20}).inspect(
+        HiddenTargetModel(backdoor=True), clean).details
+
+
+def test_karm_screening_pass_is_neural_cleanse_for_its_steps():
+    """The screening pass is every label's Neural Cleanse problem (same initial masks and mini-batches, the
+    cost weight starting after 2 successful checks 5 apart), stopped at `screen_steps`."""
+    clean = _hidden_target_images(400, 1)
+    model = HiddenTargetModel(backdoor=True)
+    v = NeuralCleanse(**SCREENED).inspect(model, clean)
+    rev = NeuralCleanse(steps=30, n_samples=400, check_every=5, patience=2).reverse(model, clean)
+    assert v.details["screen_reached"] == rev.reached.tolist()
+    assert torch.allclose(torch.tensor(v.details["screen_norms"], dtype=torch.float64)[rev.reached],
+                          rev.norms.double()[rev.reached])
+
+
 def test_karm_reaches_neural_cleanse_target_with_fewer_steps(mnist_models):
     bad, _, clean = mnist_models
     full = NeuralCleanse(**NC).inspect(bad, clean)
@@ -233,7 +298,8 @@ def test_karm_bad_input_is_one_line(mnist_models):
     bad, _, clean = mnist_models
     for params, word in (({"schedule": "bandit"}, "schedule"), ({"top_k": 0}, "top_k"), ({"arms": 0}, "arms"),
                          ({"epsilon": -0.1}, "epsilon"), ({"label_ratio": 0}, "label_ratio"),
-                         ({"size_bound": 0}, "size_bound"), ({"size_bound": 1.5}, "size_bound")):
+                         ({"size_bound": 0}, "size_bound"), ({"size_bound": 1.5}, "size_bound"),
+                         ({"screen_steps": -1}, "screen_steps"), ({"screen_arms": 1.5}, "screen_arms")):
         with pytest.raises(ConfigError, match=word) as e:
             NeuralCleanse(**params)
         assert "\n" not in str(e.value)
