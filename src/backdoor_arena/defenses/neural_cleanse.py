@@ -40,12 +40,12 @@ K-Arm scheduling (Shen et al., ICML 2021; `schedule="k-arm"`, the default "all" 
    images predicted t; a natural feature is small both ways, an injected trigger only towards t.
 4. Screening (`screen_steps`, on models with at least `screen_labels` labels): with many labels the logit
    pre-screening misses all-to-one targets (GTSRB models of `backdoor-arena benchmark`: label 2, the target,
-   was never an arm), so one batched pass runs every label's Neural Cleanse problem for `screen_steps` steps
-   (the cost weight starting after 2 successful checks 5 steps apart), and the `screen_arms` labels with the
-   smallest successful masks that are not global arms yet become extra global arms: each runs Neural
-   Cleanse's own problem for its label (same initial mask and mini-batches) until it converges, and is judged
-   by the size rule on its own. The verdict is the lead's or a screened arm's, whichever is furthest above
-   its threshold (score / threshold).
+   was never an arm), so every label's Neural Cleanse problem (same initial mask and mini-batches, batched,
+   the cost weight starting after 2 successful checks 5 steps apart) runs in rounds of `screen_steps` steps,
+   after each only the third with the smallest masks going on (successive halving, by thirds), until
+   `screen_arms` finalists remain; they run until they converge, and are judged by the size rule on their
+   own. The verdict is the lead's or a finalist's, whichever is
+   furthest above its threshold (score / threshold).
 Verdict: when every label is an arm and finished its `steps` (`arms` = `top_k` = K and `finish_all`), the
 score is Neural Cleanse's anomaly index over the same norms (details["statistic"] = "anomaly-index").
 Otherwise most labels were never optimised or stopped early (their norms are NaN or not minimal), so a
@@ -98,6 +98,9 @@ KARM_SIZE_BOUND = 1720 / (224 * 224)  # the authors' bound on a global trigger's
 # The screening pass's cost schedule: 30 steps with the defaults' 5 checks 10 apart would never start the cost
 # weight, and the masks would be ranked by noise (the K-Arm authors start it after 2 successful steps)
 SCREEN_CHECK_EVERY, SCREEN_PATIENCE = 5, 2
+# Each screening round keeps a third of its labels (43 GTSRB labels: 15, 5, then the 2 finalists), so the
+# rounds cost 1,890 label-steps, 15% of Neural Cleanse's 12,900
+SCREEN_REDUCTION = 3
 KARM_HOPELESS = 0.3  # attack success below which an arm is dropped after the warm-up (the authors: after 20 steps)
 
 
@@ -231,6 +234,32 @@ class _Problem:
         self.last_success = torch.zeros(k, dtype=torch.float64)  # attack success at the last check
         self.target = labels.repeat_interleave(batches.shape[1])
 
+    # per-label state, gathered row by row when labels move between problems
+    PER_LABEL = ("labels", "cost", "cost_set", "up", "down", "best_mask", "best_pattern", "best_norm", "first_norm",
+                 "improvements", "stale", "last_norm", "reached", "hits", "last_success")
+
+    @classmethod
+    def gather(cls, picks: list[tuple[_Problem, torch.Tensor]]) -> _Problem:
+        """One problem over the rows `idx` of each (problem, idx) in `picks`, at the same step, Adam's moments
+        and the cost schedule carried over, so that every label continues its trajectory as if never moved
+        (the problems must share their nc, clean pool, mini-batches and step)."""
+        first = picks[0][0]
+        new = cls.__new__(cls)
+        new.nc, new.x_pool, new.batches, new.step, new.seen = first.nc, first.x_pool, first.batches, first.step, first.seen
+        for name in cls.PER_LABEL:
+            setattr(new, name, torch.cat([getattr(pr, name)[idx] for pr, idx in picks]))
+        new.mask_p = torch.cat([pr.mask_p.detach()[idx] for pr, idx in picks]).requires_grad_(True)
+        new.pattern_p = torch.cat([pr.pattern_p.detach()[idx] for pr, idx in picks]).requires_grad_(True)
+        new.opt = torch.optim.Adam([new.mask_p, new.pattern_p], lr=first.nc.lr, betas=(0.5, 0.9))
+        for param, attr in ((new.mask_p, "mask_p"), (new.pattern_p, "pattern_p")):
+            states = [(pr.opt.state[getattr(pr, attr)], idx) for pr, idx in picks]
+            if states[0][0]:  # Adam keeps no state before its first step
+                new.opt.state[param] = {"step": states[0][0]["step"].clone(),
+                                        **{m: torch.cat([st[m][idx] for st, idx in states])
+                                           for m in ("exp_avg", "exp_avg_sq")}}
+        new.target = new.labels.repeat_interleave(new.batches.shape[1])
+        return new
+
     @property
     def finished(self) -> bool:
         return self.step >= self.batches.shape[0]
@@ -290,6 +319,10 @@ class _Problem:
         """The norm the scheduler ranks by: the best successful one, else the current one."""
         return float(self.best_norm[0]) if bool(self.reached[0]) else float(self.last_norm[0])
 
+    def norms(self) -> torch.Tensor:
+        """Every label's norm as `norm` gives the first one's [k]."""
+        return torch.where(self.reached, self.best_norm, self.last_norm)
+
 # --------------------------------------------------------------------------- the detector
 @MODEL_DETECTORS.register("neural-cleanse")
 class NeuralCleanse:
@@ -331,10 +364,11 @@ class NeuralCleanse:
         "label_ratio": "K-Arm: flag a label-specific lead arm when its reverse trigger (target to source) is this "
                        "many times larger (the authors: 10).",
         "finish_all": "K-Arm: run every arm to `steps` (all labels finish when all are arms: NC's statistic).",
-        "screen_steps": "K-Arm: steps of the batched pass over every label that picks extra global arms (0: none).",
-        "screen_arms": "K-Arm: labels with the smallest masks after the screening pass added as global arms.",
+        "screen_steps": "K-Arm: steps per round of the screening over every label, after each of which the third "
+                        "with the smallest masks goes on (0: no screening).",
+        "screen_arms": "K-Arm: finalists of the screening, run to convergence and judged by the size rule.",
         "screen_labels": "K-Arm: the screening runs on models with at least this many labels (default 20: on "
-                         "10-label models the logit pre-screening finds the targets, and two extra arms run to "
+                         "10-label models the logit pre-screening finds the targets, and two finalists run to "
                          "convergence would cost a fifth of Neural Cleanse's time).",
         "cache_dir": "Folder where reversed triggers are kept, keyed by model, clean set and parameters, so that "
                      "detection and the nc- mitigations of one model reverse-engineer once (none: no cache).",
@@ -525,30 +559,26 @@ class NeuralCleanse:
                 return verdict
         if not screening:
             return verdict  # type: ignore[return-value]
-        # Screening: extra global arms where the logit pre-screening has none for the smallest masks
-        screen_norms, screen_reached = self._screen(net, x_all, k, init_mask, init_pattern, batches)
-        globals_ = {t for t, v in arms if v is None}
-        order = sorted((i for i in range(k) if i not in globals_),
-                       key=lambda i: (not bool(screen_reached[i]), float(screen_norms[i])))
+        # Screening: every label as a global arm, halved by mask size until `screen_arms` finalists remain
+        finalists, rounds = self._screen(net, x_all, k, init_mask, init_pattern, batches)
         bound_pixels = self.size_bound * h * w
         screened, candidates = [], [] if verdict is None else [verdict]
-        extra_steps = k * min(self.screen_steps, self.steps)
-        for t in order[: self.screen_arms]:
-            arm = _Problem(self, torch.tensor([t]), init_mask[[t]], init_pattern[[t]], x_all, batches)
-            while not arm.done(KARM_PATIENCE):
-                arm.run(net, self.check_every)
-            m, pat, reached = arm.result()
-            norm, extra_steps = float(m[0].sum()), extra_steps + arm.step
-            masks[t], patterns[t], norms[t] = m[0], pat[0], norm
+        reached = finalists.reached
+        final_masks, final_patterns, _ = finalists.result()
+        for row, t in enumerate(finalists.labels.tolist()):
+            m, pat = final_masks[row], final_patterns[row]
+            norm = float(m.sum())
+            masks[t], patterns[t], norms[t] = m, pat, norm
             # no successful mask: no trigger for this label (score 0)
-            score = self.symmetric_ratio * bound_pixels / max(norm, 1e-12) if bool(reached[0]) else 0.0
-            screened.append({"target": t, "norm": norm, "reached": bool(reached[0]), "steps": arm.step, "score": score})
+            score = self.symmetric_ratio * bound_pixels / max(norm, 1e-12) if bool(reached[row]) else 0.0
+            screened.append({"target": t, "norm": norm, "reached": bool(reached[row]), "steps": finalists.step,
+                             "score": score})
             candidates.append(ModelVerdict(score, score > self.symmetric_ratio, self.symmetric_ratio,
                                            t if score > self.symmetric_ratio else None, {}, artefacts))
+        extra_steps = sum(r["label_steps"] for r in rounds)
         best_i = max(range(len(candidates)), key=lambda i: candidates[i].score / candidates[i].threshold)
         best, offset = candidates[best_i], len(candidates) - len(screened)
-        details |= {"norms": norms.tolist(), "screen_norms": screen_norms.tolist(),
-                    "screen_reached": screen_reached.tolist(), "screened_arms": screened,
+        details |= {"norms": norms.tolist(), "screen_rounds": rounds, "screened_arms": screened,
                     "total_steps": details.get("total_steps", 0) + extra_steps}
         if best_i >= offset:
             lead = screened[best_i - offset]
@@ -559,23 +589,43 @@ class NeuralCleanse:
         return ModelVerdict(best.score, best.flagged, best.threshold, best.suspected_target, details, artefacts)
 
     def _screen(self, net: nn.Module, x_all: torch.Tensor, k: int, init_mask: torch.Tensor,
-                init_pattern: torch.Tensor, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every label's Neural Cleanse problem for `screen_steps` steps (its initial mask and mini-batches,
-        batched as `reverse` batches them), the cost weight starting early -> (best successful mask norm, else
-        the last one [K]; reached [K])."""
+                init_pattern: torch.Tensor, batches: torch.Tensor) -> tuple[_Problem, list[dict[str, Any]]]:
+        """Successive halving over every label's Neural Cleanse problem (its initial mask and mini-batches,
+        batched as `reverse` batches them; the cost weight starting after SCREEN_PATIENCE successful checks
+        SCREEN_CHECK_EVERY steps apart): rounds of `screen_steps` steps, after each the third (SCREEN_REDUCTION)
+        with the smallest masks (successful ones first) goes on, until `screen_arms` remain, which then run
+        until they converge (KARM_PATIENCE) or use their `steps`. -> (the finalists' problem, per round: the labels that ran it,
+        the step it ran to, its label-steps, and the labels' norms and success at its end)."""
         fast = copy.copy(self)
         fast.check_every, fast.patience = SCREEN_CHECK_EVERY, SCREEN_PATIENCE
-        steps = min(self.screen_steps, self.steps)
         per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
-        norms = torch.empty(k, dtype=torch.float64)
-        reached = torch.zeros(k, dtype=torch.bool)
-        for i in range(0, k, per_pass):
-            idx = torch.arange(i, min(k, i + per_pass))
-            pr = _Problem(fast, idx, init_mask[idx], init_pattern[idx], x_all, batches[:steps])
-            pr.run(net, steps)
-            norms[idx] = torch.where(pr.reached, pr.best_norm, pr.last_norm)
-            reached[idx] = pr.reached
-        return norms, reached
+        problems = [_Problem(fast, idx, init_mask[idx], init_pattern[idx], x_all, batches)
+                    for idx in torch.arange(k).split(per_pass)]
+        rounds: list[dict[str, Any]] = []
+        while True:
+            labels = torch.cat([pr.labels for pr in problems])
+            final = len(labels) <= self.screen_arms
+            start = problems[0].step
+            for pr in problems:
+                if final:
+                    while not pr.done(KARM_PATIENCE):
+                        pr.run(net, fast.check_every)
+                else:
+                    pr.run(net, self.screen_steps)
+            rows = [(pr, i) for pr in problems for i in range(len(pr.labels))]
+            norms = torch.cat([pr.norms() for pr in problems])
+            reached = torch.cat([pr.reached for pr in problems])
+            rounds.append({"labels": labels.tolist(), "to_step": max(pr.step for pr in problems),
+                           "label_steps": sum(len(pr.labels) * (pr.step - start) for pr in problems),
+                           "norms": norms.tolist(), "reached": reached.tolist()})
+            if final or problems[0].finished:
+                return (problems[0] if len(problems) == 1 else _Problem.gather(
+                    [(pr, torch.arange(len(pr.labels))) for pr in problems])), rounds
+            keep = max(self.screen_arms, math.ceil(len(labels) / SCREEN_REDUCTION))
+            order = sorted(range(len(rows)), key=lambda j: (not bool(reached[j]), float(norms[j])))[:keep]
+            order.sort()  # in label order, so that a label's position in the batch does not depend on its rank
+            groups = [order[i : i + per_pass] for i in range(0, len(order), per_pass)]
+            problems = [_Problem.gather([(rows[j][0], torch.tensor([rows[j][1]])) for j in g]) for g in groups]
 
     def _lead_verdict(self, net: nn.Module, x_all: torch.Tensor, probs: torch.Tensor, g: torch.Generator,
                       init_mask: torch.Tensor, init_pattern: torch.Tensor, batches: torch.Tensor,
