@@ -245,13 +245,14 @@ def test_karm_screening_finds_a_target_the_logit_screening_misses():
 
 def test_karm_screening_pass_is_neural_cleanse_for_its_steps():
     """The screening pass is every label's Neural Cleanse problem (same initial masks and mini-batches, the
-    cost weight starting after 2 successful checks 5 apart), stopped at `screen_steps`."""
+    cost weight starting after 2 successful checks 5 apart), stopped at the end of its first round."""
     clean = _hidden_target_images(400, 1)
     model = HiddenTargetModel(backdoor=True)
     v = NeuralCleanse(**SCREENED).inspect(model, clean)
-    rev = NeuralCleanse(steps=30, n_samples=400, check_every=5, patience=2).reverse(model, clean)
+    # rounds of a tenth of `steps` (15 of 150)
+    rev = NeuralCleanse(steps=15, n_samples=400, check_every=5, patience=2).reverse(model, clean)
     first = v.details["screen_rounds"][0]
-    assert first["labels"] == list(range(6)) and first["to_step"] == 30 and first["reached"] == rev.reached.tolist()
+    assert first["labels"] == list(range(6)) and first["to_step"] == 15 and first["reached"] == rev.reached.tolist()
     assert torch.allclose(torch.tensor(first["norms"], dtype=torch.float64)[rev.reached], rev.norms.double()[rev.reached])
     # then the third with the smallest masks goes on: the 2 finalists (of 6), to convergence or the size bound
     assert [len(r["labels"]) for r in v.details["screen_rounds"]] == [6, 2]
@@ -260,7 +261,7 @@ def test_karm_screening_pass_is_neural_cleanse_for_its_steps():
 
 
 def test_problems_gathered_continue_their_trajectories():
-    """Moving labels between batched problems (the screening's halving) carries Adam's moments and the cost
+    """Moving labels between batched problems (the screening's rounds) carries Adam's moments and the cost
     schedule: 10 steps on 4 labels, then labels 1 and 3 gathered for 10 more, equal 20 steps on all 4."""
     clean = _hidden_target_images(200, 2)
     nc = NeuralCleanse(steps=20, n_samples=200, check_every=5, patience=2, batch_size=8)

@@ -41,11 +41,11 @@ K-Arm scheduling (Shen et al., ICML 2021; `schedule="k-arm"`, the default "all" 
 4. Screening (`screen_steps`, on models with at least `screen_labels` labels): with many labels the logit
    pre-screening misses all-to-one targets (GTSRB models of `backdoor-arena benchmark`: label 2, the target,
    was never an arm), so every label's Neural Cleanse problem (same initial mask and mini-batches, batched,
-   the cost weight starting after 2 successful checks 5 steps apart) runs in rounds of `screen_steps` steps,
-   after each only the third with the smallest masks going on (successive halving, by thirds), until
-   `screen_arms` finalists remain; they run until they converge, and are judged by the size rule on their
-   own. The verdict is the lead's or a finalist's, whichever is
-   furthest above its threshold (score / threshold).
+   the cost weight starting after 2 successful checks 5 steps apart) runs in rounds of `screen_steps` steps
+   (default: a tenth of `steps`), after each only the third with the smallest masks going on (successive
+   reduction), until `screen_arms` finalists remain; they run until they converge, and are judged by the
+   size rule on their own. The verdict is the lead's or a finalist's, whichever is furthest above its
+   threshold (score / threshold).
 Verdict: when every label is an arm and finished its `steps` (`arms` = `top_k` = K and `finish_all`), the
 score is Neural Cleanse's anomaly index over the same norms (details["statistic"] = "anomaly-index").
 Otherwise most labels were never optimised or stopped early (their norms are NaN or not minimal), so a
@@ -365,7 +365,7 @@ class NeuralCleanse:
                        "many times larger (the authors: 10).",
         "finish_all": "K-Arm: run every arm to `steps` (all labels finish when all are arms: NC's statistic).",
         "screen_steps": "K-Arm: steps per round of the screening over every label, after each of which the third "
-                        "with the smallest masks goes on (0: no screening).",
+                        "with the smallest masks goes on (default: a tenth of `steps`; 0: no screening).",
         "screen_arms": "K-Arm: finalists of the screening, run to convergence and judged by the size rule.",
         "screen_labels": "K-Arm: the screening runs on models with at least this many labels (default 20: on "
                          "10-label models the logit pre-screening finds the targets, and two finalists run to "
@@ -380,7 +380,7 @@ class NeuralCleanse:
                  pass_images: int = 160, seed: int = 0, progress: bool = False, schedule: str = "all",
                  top_k: int | None = None, arms: int | None = None, epsilon: float = 0.3, symmetric_ratio: float = 3.0,
                  finish_all: bool = False, label_ratio: float = 10.0,
-                 size_bound: float = KARM_SIZE_BOUND, screen_steps: int = 30, screen_arms: int = 2,
+                 size_bound: float = KARM_SIZE_BOUND, screen_steps: int | None = None, screen_arms: int = 2,
                  screen_labels: int = 20, cache_dir: str | Path | None = None) -> None:
         problems = []
         if schedule not in SCHEDULES:
@@ -396,7 +396,8 @@ class NeuralCleanse:
         for name, v in (("symmetric_ratio", symmetric_ratio), ("label_ratio", label_ratio)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 problems.append(f"{name} must be a positive number, got {v!r}")
-        for name, v in (("screen_steps", screen_steps), ("screen_arms", screen_arms), ("screen_labels", screen_labels)):
+        for name, v in (("screen_steps", 0 if screen_steps is None else screen_steps), ("screen_arms", screen_arms),
+                        ("screen_labels", screen_labels)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 problems.append(f"{name} must be a non-negative integer, got {v!r}")
         for name, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience),
@@ -423,6 +424,8 @@ class NeuralCleanse:
         self.symmetric_ratio, self.finish_all = float(symmetric_ratio), bool(finish_all)
         self.label_ratio, self.size_bound = float(label_ratio), float(size_bound)
         self.screen_steps, self.screen_arms, self.screen_labels = screen_steps, screen_arms, screen_labels
+        # the screening's rounds as a share of the budget: 30 steps of the default 300
+        self._round_steps = max(1, round(0.1 * steps)) if screen_steps is None else screen_steps
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     # -- reverse engineering ----------------------------------------------------------------
@@ -547,7 +550,7 @@ class NeuralCleanse:
         masks, patterns = torch.zeros_like(init_mask), torch.zeros_like(init_pattern)
         norms = torch.full((k,), math.nan, dtype=torch.float64)
         artefacts = {"masks": masks, "patterns": patterns}
-        screening = self.screen_steps > 0 and self.screen_arms > 0 and k >= self.screen_labels
+        screening = self._round_steps > 0 and self.screen_arms > 0 and k >= self.screen_labels
         if not arms and not screening:  # the authors' rule: no candidate label, no backdoor
             details |= {"norms": norms.tolist(), "total_steps": 0, "arm_steps": {}, "finished": []}
             return ModelVerdict(0.0, False, self.symmetric_ratio, None, details, artefacts)
@@ -590,12 +593,13 @@ class NeuralCleanse:
 
     def _screen(self, net: nn.Module, x_all: torch.Tensor, k: int, init_mask: torch.Tensor,
                 init_pattern: torch.Tensor, batches: torch.Tensor) -> tuple[_Problem, list[dict[str, Any]]]:
-        """Successive halving over every label's Neural Cleanse problem (its initial mask and mini-batches,
+        """Successive reduction over every label's Neural Cleanse problem (its initial mask and mini-batches,
         batched as `reverse` batches them; the cost weight starting after SCREEN_PATIENCE successful checks
-        SCREEN_CHECK_EVERY steps apart): rounds of `screen_steps` steps, after each the third (SCREEN_REDUCTION)
-        with the smallest masks (successful ones first) goes on, until `screen_arms` remain, which then run
-        until they converge (KARM_PATIENCE) or use their `steps`. -> (the finalists' problem, per round: the labels that ran it,
-        the step it ran to, its label-steps, and the labels' norms and success at its end)."""
+        SCREEN_CHECK_EVERY steps apart): rounds of `screen_steps` steps (default: a tenth of `steps`), after each
+        the third (SCREEN_REDUCTION) with the smallest masks (successful ones first) goes on, until `screen_arms`
+        remain, which then run until they converge (KARM_PATIENCE) or use their `steps`. -> (the finalists'
+        problem, per round: the labels that ran it, the step it ran to, its label-steps, and the labels' norms
+        and success at its end)."""
         fast = copy.copy(self)
         fast.check_every, fast.patience = SCREEN_CHECK_EVERY, SCREEN_PATIENCE
         per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
@@ -611,7 +615,7 @@ class NeuralCleanse:
                     while not pr.done(KARM_PATIENCE):
                         pr.run(net, fast.check_every)
                 else:
-                    pr.run(net, self.screen_steps)
+                    pr.run(net, self._round_steps)
             rows = [(pr, i) for pr in problems for i in range(len(pr.labels))]
             norms = torch.cat([pr.norms() for pr in problems])
             reached = torch.cat([pr.reached for pr in problems])
