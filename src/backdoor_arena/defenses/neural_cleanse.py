@@ -447,9 +447,7 @@ class NeuralCleanse:
     def _reverse(self, model: nn.Module, clean: Dataset) -> ReversedTriggers:
         # Everything random is drawn up front, so the batched and per-label runs see the same numbers.
         net, x_all, _, k, init_mask, init_pattern, batches = self._setup(model, clean)
-        # Batched: as many labels per pass as fit `pass_images` images. On 2 CPU cores one pass of 320
-        # images (10 labels x 32) was slower than ten passes of 32 (activations spill out of the caches).
-        per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
+        per_pass = self._labels_per_pass()
         groups = [list(range(i, min(k, i + per_pass))) for i in range(0, k, per_pass)]
         parts = []
         bar = tqdm(total=self.steps * len(groups), desc="neural-cleanse", unit="step", disable=not self.progress,
@@ -465,6 +463,11 @@ class NeuralCleanse:
                 for i in range(k)
             ])
         return ReversedTriggers(masks, patterns, masks.sum(dim=(1, 2, 3)), success, reached)
+
+    def _labels_per_pass(self) -> int:
+        """Batched: as many labels per pass as fit `pass_images` images. On 2 CPU cores one pass of 320 images
+        (10 labels x 32) was slower than ten passes of 32 (activations spill out of the caches)."""
+        return max(1, self.pass_images // self.batch_size) if self.batched else 1
 
     def _optimise(self, net: nn.Module, x_all: torch.Tensor, labels: torch.Tensor, init_mask: torch.Tensor,
                   init_pattern: torch.Tensor, batches: torch.Tensor, bar: Any) -> tuple[torch.Tensor, ...]:
@@ -602,7 +605,7 @@ class NeuralCleanse:
         and success at its end)."""
         fast = copy.copy(self)
         fast.check_every, fast.patience = SCREEN_CHECK_EVERY, SCREEN_PATIENCE
-        per_pass = max(1, self.pass_images // self.batch_size) if self.batched else 1
+        per_pass = self._labels_per_pass()
         problems = [_Problem(fast, idx, init_mask[idx], init_pattern[idx], x_all, batches)
                     for idx in torch.arange(k).split(per_pass)]
         rounds: list[dict[str, Any]] = []
