@@ -557,15 +557,15 @@ class NeuralCleanse:
         if not arms and not screening:  # the authors' rule: no candidate label, no backdoor
             details |= {"norms": norms.tolist(), "total_steps": 0, "arm_steps": {}, "finished": []}
             return ModelVerdict(0.0, False, self.symmetric_ratio, None, details, artefacts)
-        verdict, arm_steps = None, 0
+        verdict = None
         if arms:
-            verdict, arm_steps = self._lead_verdict(net, x_all, probs, g, init_mask, init_pattern, batches, arms,
+            verdict = self._lead_verdict(net, x_all, probs, g, init_mask, init_pattern, batches, arms,
                                                     masks, patterns, norms, details)
             if details["statistic"] == "anomaly-index":  # every label finished: Neural Cleanse's own verdict
                 return verdict
         if not screening:
             return verdict  # type: ignore[return-value]
-        # Screening: every label as a global arm, halved by mask size until `screen_arms` finalists remain
+        # Screening: every label as a global arm, a third kept per round until `screen_arms` finalists remain
         finalists, rounds = self._screen(net, x_all, k, init_mask, init_pattern, batches)
         bound_pixels = self.size_bound * h * w
         screened, candidates = [], [] if verdict is None else [verdict]
@@ -576,7 +576,7 @@ class NeuralCleanse:
             norm = float(m.sum())
             masks[t], patterns[t], norms[t] = m, pat, norm
             # no successful mask: no trigger for this label (score 0)
-            score = self.symmetric_ratio * bound_pixels / max(norm, 1e-12) if bool(reached[row]) else 0.0
+            score = self._size_score(norm, bound_pixels) if bool(reached[row]) else 0.0
             screened.append({"target": t, "norm": norm, "reached": bool(reached[row]), "steps": finalists.step,
                              "score": score})
             candidates.append(ModelVerdict(score, score > self.symmetric_ratio, self.symmetric_ratio,
@@ -637,9 +637,9 @@ class NeuralCleanse:
     def _lead_verdict(self, net: nn.Module, x_all: torch.Tensor, probs: torch.Tensor, g: torch.Generator,
                       init_mask: torch.Tensor, init_pattern: torch.Tensor, batches: torch.Tensor,
                       arms: list[tuple[int, list[int] | None]], masks: torch.Tensor, patterns: torch.Tensor,
-                      norms: torch.Tensor, details: dict[str, Any]) -> tuple[ModelVerdict, int]:
+                      norms: torch.Tensor, details: dict[str, Any]) -> ModelVerdict:
         """The bandit over the pre-screened arms and the verdict on its lead arm (fills masks, patterns, norms
-        and details in place) -> (verdict, label-steps spent)."""
+        and details in place; details["total_steps"] counts its label-steps)."""
         k = len(norms)
         h, w = x_all.shape[2:]
         pred = probs.argmax(1)
@@ -672,7 +672,7 @@ class NeuralCleanse:
                         "anomaly_indices": anomaly_indices(norms).tolist(), "median_norm": float(median(norms)),
                         "reverse_steps": 0, "total_steps": arm_steps}
             flagged = score > self.threshold
-            return ModelVerdict(score, flagged, self.threshold, label if flagged else None, details, artefacts), arm_steps
+            return ModelVerdict(score, flagged, self.threshold, label if flagged else None, details, artefacts)
         details["smallest_norm_label"] = target
         # A label-specific lead whose trigger sends nearly every other class to the target too is a global
         # trigger found through one class (an all-to-one BadNets model whose target was pre-screened for one
@@ -691,13 +691,12 @@ class NeuralCleanse:
             # global and label-specific leads rank together: the reverse norms it replaces were 66-96 on clean
             # MNIST models (measured on the held-out zoo), the bound x 3 is 81.
             bound_pixels = self.size_bound * h * w
-            size_ratio = bound_pixels / max(forward_norm, 1e-12)
-            score = self.symmetric_ratio * size_ratio
-            details |= {"statistic": "size", "size_bound_pixels": bound_pixels, "size_ratio": size_ratio,
+            score = self._size_score(forward_norm, bound_pixels)
+            details |= {"statistic": "size", "size_bound_pixels": bound_pixels,
+                        "size_ratio": bound_pixels / max(forward_norm, 1e-12),
                         "reverse_steps": 0, "total_steps": arm_steps}
             flagged = score > self.symmetric_ratio
-            return (ModelVerdict(score, flagged, self.symmetric_ratio, target if flagged else None, details, artefacts),
-                    arm_steps)
+            return ModelVerdict(score, flagged, self.symmetric_ratio, target if flagged else None, details, artefacts)
         # Symmetric check of a label-specific lead (the authors'): reverse the other way, images of the target
         # sent to its first victim. A natural feature is small both ways; an injected trigger only towards t.
         source = victims[0]
@@ -717,7 +716,12 @@ class NeuralCleanse:
         # the authors' bound: natural features between look-alike classes reach reverse / forward 3-4 on GTSRB
         # (dangerous curve -> slippery road 3.9, 20 -> 30 km/h 3.3, measured)
         flagged = ratio > self.label_ratio
-        return ModelVerdict(ratio, flagged, self.label_ratio, target if flagged else None, details, artefacts), arm_steps
+        return ModelVerdict(ratio, flagged, self.label_ratio, target if flagged else None, details, artefacts)
+
+    def _size_score(self, norm: float, bound_pixels: float) -> float:
+        """A global arm's score: `symmetric_ratio` x (size bound / its mask norm), flagged above
+        `symmetric_ratio`."""
+        return self.symmetric_ratio * (bound_pixels / max(norm, 1e-12))
 
     def _bandit(self, net: nn.Module, problems: list[_Problem], g: torch.Generator, pixels: int) -> list[int]:
         """K-Arm's scheduler. Warm-up: every arm runs KARM_WARMUP_FRACTION of its `steps` (in pulls of
