@@ -8,7 +8,7 @@ import torch
 
 from backdoor_arena.data.dataset import Dataset, DatasetInfo
 from backdoor_arena.defenses.abs import ABS, bounded, candidate_neurons, elevation_margins, stimulated
-from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, _Problem, prescreen_arms
+from backdoor_arena.defenses.neural_cleanse import NeuralCleanse, _Problem, bound_success, prescreen_arms
 from backdoor_arena.errors import ArenaError, ConfigError
 
 TARGET = 7
@@ -254,10 +254,34 @@ def test_karm_screening_pass_is_neural_cleanse_for_its_steps():
     first = v.details["screen_rounds"][0]
     assert first["labels"] == list(range(6)) and first["to_step"] == 15 and first["reached"] == rev.reached.tolist()
     assert torch.allclose(torch.tensor(first["norms"], dtype=torch.float64)[rev.reached], rev.norms.double()[rev.reached])
-    # then the third with the smallest masks goes on: the 2 finalists (of 6), to convergence or the size bound
+    # then the third whose triggers cut to the size bound work best goes on (ties: the smaller mask): the 2
+    # finalists (of 6), to convergence or the size bound
     assert [len(r["labels"]) for r in v.details["screen_rounds"]] == [6, 2]
     kept = v.details["screen_rounds"][1]["labels"]
-    assert sorted(kept) == sorted(sorted(range(6), key=lambda i: first["norms"][i])[:2])
+    ranked = sorted(range(6), key=lambda i: (-first["bound_success"][i], not first["reached"][i], first["norms"][i]))
+    assert sorted(kept) == sorted(ranked[:2]) and 5 in kept
+    assert "bound_success" not in v.details["screen_rounds"][1]  # the finalists' round ranks nothing
+
+
+def test_bound_success_cuts_each_mask_to_its_largest_pixels():
+    """A trigger cut to its `pixels` largest mask entries: the hidden target's 2 x 2 corner trigger works
+    when the mask's 4 largest entries are the corner, whatever small values the rest of the mask holds;
+    the same mask cut to 2 pixels, or a mask whose largest entries lie elsewhere, does not. Inputs already
+    assigned to the label do not count as successes."""
+    clean = _hidden_target_images(64, 3)
+    x = clean.images.float() / 255
+    net = HiddenTargetModel(backdoor=True)
+    corner = torch.full((1, 1, 16, 16), 0.3)  # diffuse: stamped as is, 0.3 everywhere moves nothing
+    corner[..., 14:, 14:] = 0.9
+    elsewhere = torch.full((1, 1, 16, 16), 0.3)
+    elsewhere[..., :2, :2] = 0.9
+    masks, patterns = torch.cat([corner, elsewhere]), torch.ones(2, 1, 16, 16)
+    labels = torch.tensor([5, 5])
+    assert bound_success(net, x, masks, patterns, labels, 4).tolist() == [1.0, 0.0]
+    assert bound_success(net, x, masks, patterns, labels, 2).tolist() == [0.0, 0.0]  # half the corner: 0.5 - 0.3
+    # success is for the label, on the inputs not already assigned to it (a fifth of them are label 0)
+    assert bound_success(net, x, masks, patterns, torch.tensor([0, 0]), 4).tolist() == [0.0, 0.0]
+    assert bound_success(net, x, torch.zeros(1, 1, 16, 16), patterns[:1], torch.tensor([0]), 4).tolist() == [0.0]
 
 
 def test_problems_gathered_continue_their_trajectories():
