@@ -569,7 +569,6 @@ class NeuralCleanse:
 
     def _inspect_karm(self, model: nn.Module, clean: Dataset) -> ModelVerdict:
         net, x_all, g, k, init_mask, init_pattern, batches = self._setup(model, clean)
-        h, w = x_all.shape[2:]
         with torch.no_grad():
             probs = torch.cat([net(x_all[i : i + 500]).softmax(1) for i in range(0, len(x_all), 500)])
         top_k = self.top_k or (2 if k <= 8 else round(0.25 * k))
@@ -594,7 +593,7 @@ class NeuralCleanse:
             return verdict  # type: ignore[return-value]
         # Screening: every label as a global arm, a third kept per round until `screen_arms` finalists remain
         finalists, rounds = self._screen(net, x_all, k, init_mask, init_pattern, batches)
-        bound_pixels = self.size_bound * h * w
+        bound_pixels = self._bound_pixels(x_all)
         screened, candidates = [], [] if verdict is None else [verdict]
         reached = finalists.reached
         final_masks, final_patterns, _ = finalists.result()
@@ -636,7 +635,7 @@ class NeuralCleanse:
         per_pass = self._labels_per_pass()
         problems = [_Problem(fast, idx, init_mask[idx], init_pattern[idx], x_all, batches)
                     for idx in torch.arange(k).split(per_pass)]
-        bound = max(1, round(self.size_bound * x_all.shape[2] * x_all.shape[3]))
+        bound = max(1, round(self._bound_pixels(x_all)))  # whole pixels of a cut trigger
         rounds: list[dict[str, Any]] = []
         while True:
             labels = torch.cat([pr.labels for pr in problems])
@@ -724,7 +723,7 @@ class NeuralCleanse:
             # on MNIST. The score is on the symmetric ratios' scale (bound / norm x symmetric_ratio) so that
             # global and label-specific leads rank together: the reverse norms it replaces were 66-96 on clean
             # MNIST models (measured on the held-out zoo), the bound x 3 is 81.
-            bound_pixels = self.size_bound * h * w
+            bound_pixels = self._bound_pixels(x_all)
             score = self._size_score(forward_norm, bound_pixels)
             details |= {"statistic": "size", "size_bound_pixels": bound_pixels,
                         "size_ratio": bound_pixels / max(forward_norm, 1e-12),
@@ -751,6 +750,10 @@ class NeuralCleanse:
         # (dangerous curve -> slippery road 3.9, 20 -> 30 km/h 3.3, measured)
         flagged = ratio > self.label_ratio
         return ModelVerdict(ratio, flagged, self.label_ratio, target if flagged else None, details, artefacts)
+
+    def _bound_pixels(self, x: torch.Tensor) -> float:
+        """The size rule's bound on a global trigger's mask L1 for inputs x [N, C, H, W]: `size_bound` x H x W."""
+        return self.size_bound * x.shape[2] * x.shape[3]
 
     def _size_score(self, norm: float, bound_pixels: float) -> float:
         """A global arm's score: `symmetric_ratio` x (size bound / its mask norm), flagged above
