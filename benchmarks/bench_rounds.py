@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-COLUMNS = ["system", "local_epochs", "rounds", "samples_per_round", "round_s", "x_floor", "vs_flower",
-           "goal", "load_1m", "note"]
+COLUMNS = ["system", "local_epochs", "rounds", "samples_per_round", "round_s", "x_floor", "x_floor_spread",
+           "vs_flower", "vs_flower_spread", "goal", "load_1m", "note"]
 FORMATS = {"samples_per_round": ".0f", "round_s": ".3f", "x_floor": ".2f", "vs_flower": ".2f", "load_1m": ".2f"}
 
 SEED = 0
@@ -44,6 +44,10 @@ QUICK_ROUNDS = {1: 3, 5: 2}
 GOAL_FLOOR = {1: 2.5, 5: 2.0}
 GOAL_FLOWER = {1: 2.8, 5: 1.8}
 FLOWER_ACTORS = 2
+REPEATS = 3  # whole comparisons, one after another: the spread shows the machine's drift
+QUICK_REPEATS = 1
+RANGED = ("round_s", "x_floor", "vs_flower", "overhead_s", "startup_s", "shutdown_s", "import_s", "discovery_s",
+          "gflops", "gflops_one_thread", "load_1m", "setup_s")
 
 
 def load() -> float:
@@ -215,7 +219,8 @@ def _median(times: list[float]) -> float:
     return statistics.median(timed)
 
 
-def run(quick: bool = False) -> list[dict]:
+def measure(quick: bool = False) -> list[dict]:
+    """One side-by-side comparison: every system, both epoch settings, the floor, the machine."""
     from backdoor_arena.data import load_dataset
     from backdoor_arena.federated.pipeline import FederationCache
     from backdoor_arena.runtime import available_cores
@@ -265,8 +270,8 @@ def run(quick: bool = False) -> list[dict]:
         floor_s = spr * epochs * flops / (gflops * 1e9)
         records.append({"system": "floor (FLOPs / matmul probe)", "local_epochs": epochs, "rounds": len(timed),
                         "samples_per_round": spr, "round_s": floor_s, "x_floor": 1.0, "load_1m": load_start,
-                        "note": f"{flops / 1e6:.2f} MFLOP/sample fwd+bwd, {gflops:.0f} GFLOP/s on {threads} threads "
-                                f"(one thread: {probe_one:.0f})"})
+                        "mflop_per_sample": flops / 1e6, "gflops": gflops, "gflops_one_thread": probe_one,
+                        "threads": threads})
         flower_rows = []
         for mode, fl in setups.items():
             f = fl["settings"].get(str(epochs))
@@ -277,8 +282,6 @@ def run(quick: bool = False) -> list[dict]:
             flower_rows.append({"system": label[mode], "local_epochs": epochs, "rounds": len(f["times"]) - 1,
                                 "samples_per_round": spr, "round_s": round_s, "x_floor": round_s / floor_s,
                                 "load_1m": f["load_after"], "mode": mode, "overhead_s": round_s - compute,
-                                "note": f"{FLOWER_ACTORS} Ray actors x 1 thread; per-round overhead "
-                                        f"{round_s - compute:.3f} s (round - clients' training / {FLOWER_ACTORS})",
                                 "times": f["times"], "client_train_s": f["client_train_s"]})
         best = min(r["round_s"] for r in flower_rows)
         for r in flower_rows:
@@ -289,7 +292,7 @@ def run(quick: bool = False) -> list[dict]:
             name = "built-in auto" if engine == "auto" else f"built-in {engine}"
             note = f"engine {r['engine']}"
             if engine == "auto":
-                note += f" (chosen by measurement in {r['setup_s']:.1f} s of set-up)"
+                note += " (chosen by measurement at set-up, setup_s in the JSON)"
             if engine == "processes":
                 note += f", {threads} single-thread workers"
             if engine == "sequential":
@@ -299,20 +302,16 @@ def run(quick: bool = False) -> list[dict]:
                             "samples_per_round": spr, "round_s": round_s, "x_floor": round_s / floor_s,
                             "vs_flower": best / round_s, "goal": goal if engine == "auto" else "",
                             "load_1m": r["load_after"], "note": note, "times": r["times"],
-                            "engine_timing": r["engine_timing"],
+                            "engine_timing": r["engine_timing"], "setup_s": r["setup_s"],
                             "meets_floor_goal": round_s / floor_s <= GOAL_FLOOR[epochs],
                             "meets_flower_goal": best / round_s >= GOAL_FLOWER[epochs],
                             "meets_goals": round_s / floor_s <= GOAL_FLOOR[epochs]
                             and best / round_s >= GOAL_FLOWER[epochs]})
         records.extend(flower_rows)
     for mode, fl in setups.items():
-        first = fl["first_round_end_s"]
-        extra = f", discovery of the nodes' writers {fl['discovery_s']:.1f} s" if "discovery_s" in fl else ""
         records.append({"system": f"{label[mode]}: start-up", "load_1m": load_end, "mode": mode,
-                        "startup_s": first, "shutdown_s": fl["shutdown_s"], "import_s": fl["import_s"],
-                        "note": f"{first:.1f} s from the call to the end of the first (untimed) round: imports "
-                                f"{fl['import_s']:.1f} s, Ray and its {FLOWER_ACTORS} actors starting, the actors "
-                                f"loading MNIST{extra}; shut-down {fl['shutdown_s']:.1f} s"})
+                        "startup_s": fl["first_round_end_s"], "shutdown_s": fl["shutdown_s"],
+                        "import_s": fl["import_s"], "discovery_s": fl.get("discovery_s")})
     records.append({"system": "machine", "note": f"{available_cores()} cores, load average {load_start:.2f} at the "
                     f"start and {load_end:.2f} at the end; matmul GFLOP/s on {threads} threads "
                     f"{', '.join(f'{k}: {v:.0f}' for k, v in probe.items())} (after the built-in runs: "
@@ -320,7 +319,82 @@ def run(quick: bool = False) -> list[dict]:
                     "load_start": load_start, "load_end": load_end, "matmul_gflops": probe,
                     "matmul_gflops_after": probe_after, "matmul_gflops_one_thread": probe_one, "threads": threads,
                     "flops_per_sample": flops})
+    for r in records:
+        describe(r)
     return records
+
+
+def _values(row: dict, key: str) -> str:
+    """`key`'s value, with every run's value in brackets when the row combines several runs."""
+    runs = row.get(f"{key}_runs")
+    value = f"{row[key]:.3g}" if key.endswith("_s") and row[key] < 1 else f"{row[key]:.1f}"
+    if not runs or len(runs) < 2:
+        return value
+    return f"{value} (runs: {', '.join(f'{v:.3g}' if v < 1 else f'{v:.1f}' for v in runs)})"
+
+
+def describe(row: dict) -> None:
+    """Set the note of a floor, Flower or start-up row from its fields (one run, or the median of several)."""
+    system = row["system"]
+    if system.startswith("floor"):
+        g = row.get("gflops_runs") or [row["gflops"]]
+        one = row.get("gflops_one_thread_runs") or [row["gflops_one_thread"]]
+        row["note"] = (f"{row['mflop_per_sample']:.2f} MFLOP/sample fwd+bwd, {'/'.join(f'{v:.0f}' for v in g)} "
+                       f"GFLOP/s on {row['threads']} threads (one thread: {'/'.join(f'{v:.0f}' for v in one)})")
+    elif system.endswith("start-up"):
+        extra = f", discovery of the nodes' writers {_values(row, 'discovery_s')} s" if row.get("discovery_s") else ""
+        row["note"] = (f"{_values(row, 'startup_s')} s from the call to the end of the first (untimed) round: "
+                       f"imports {_values(row, 'import_s')} s, Ray and its {FLOWER_ACTORS} actors starting, the "
+                       f"actors loading MNIST{extra}; shut-down {_values(row, 'shutdown_s')} s")
+    elif row.get("mode"):
+        row["note"] = (f"{FLOWER_ACTORS} Ray actors x 1 thread; per-round overhead {_values(row, 'overhead_s')} s "
+                       f"(round - clients' training / {FLOWER_ACTORS})")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def combine(runs: list[list[dict]]) -> list[dict]:
+    """One row per system and epochs from `runs` (whole comparisons): the median of each measured value over
+    the runs, every run's value beside it (`<key>_runs`), and a goal counted as met only when it is met in
+    every run (`meets_*_runs`: how many)."""
+    rows = []
+    for first in runs[0]:
+        key = (first["system"], first.get("local_epochs"))
+        same = [next(r for r in run if (r["system"], r.get("local_epochs")) == key) for run in runs]
+        row = dict(first)
+        for name in RANGED:
+            values = [r[name] for r in same if r.get(name) is not None]
+            if values:
+                row[name] = statistics.median(values)
+                row[f"{name}_runs"] = values
+        for goal in ("meets_floor_goal", "meets_flower_goal", "meets_goals"):
+            if goal in first:
+                met = sum(bool(r[goal]) for r in same)
+                row[goal], row[f"{goal}_runs"] = met == len(same), met
+        if "x_floor_runs" in row and len(runs) > 1 and not first["system"].startswith("floor"):
+            row["x_floor_spread"] = _spread(row["x_floor_runs"])
+            if "vs_flower_runs" in row:
+                row["vs_flower_spread"] = _spread(row["vs_flower_runs"])
+        for name in ("times", "client_train_s"):
+            if name in first:
+                row[name] = [r[name] for r in same]  # per run
+        if first["system"] == "machine":
+            row["note"] = " | ".join(f"run {i + 1}: {r['note']}" for i, r in enumerate(same))
+            row["runs"] = [{k: v for k, v in r.items() if k != "note"} for r in same]
+        row["repeats"] = len(runs)
+        describe(row)
+        rows.append(row)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    runs = []
+    for i in range(QUICK_REPEATS if quick else REPEATS):
+        print(f"comparison {i + 1}", file=sys.stderr, flush=True)
+        runs.append(measure(quick))
+    return combine(runs)
 
 
 if __name__ == "__main__":

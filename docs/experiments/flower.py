@@ -46,22 +46,41 @@ def _x(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}x"
 
 
-def _yes(x: bool | None) -> str:
-    return "—" if x is None else ("yes" if x else "no")
+def _yes(x: bool | None, runs: int | None = None, repeats: int | None = None) -> str:
+    if x is None:
+        return "—"
+    counted = f" (met in {runs} of {repeats})" if runs is not None and repeats and repeats > 1 else ""
+    return ("yes" if x else "no") + counted
+
+
+def _seconds_with_runs(r: dict[str, Any], key: str) -> str:
+    runs = r.get(f"{key}_runs")
+    text = _s(r.get(key))
+    return text if not runs or len(runs) < 2 else f"{text} ({' / '.join(f'{v:.3f}' for v in runs)})"
+
+
+def _with_runs(r: dict[str, Any], key: str) -> str:
+    """The median over the comparisons, with every comparison's value when there were several."""
+    runs = r.get(f"{key}_runs")
+    text = _x(r.get(key))
+    return text if not runs or len(runs) < 2 else f"{text} ({' / '.join(f'{v:.2f}' for v in runs)})"
 
 
 def render_rounds(records: list[dict[str, Any]]) -> str:
     rows = []
-    head = ["local epochs", "system", "rounds timed", "s / round", "x floor", "speed vs best Flower",
-            "goal (issue 12)", "floor goal met?", "Flower goal met?"]
+    head = ["local epochs", "system", "rounds timed", "s / round", "x floor (per comparison)",
+            "speed vs best Flower (per comparison)", "goal (issue 12)", "floor goal met?", "Flower goal met?"]
     for r in records:
         if r.get("local_epochs") is None:
             continue
         goal = r.get("goal") or ""
         floor_row = r["system"].startswith("floor")
+        n = r.get("repeats")
         rows.append([str(r["local_epochs"]), r["system"], str(r.get("rounds", "")), _s(r.get("round_s")),
-                     _x(r.get("x_floor")), "" if floor_row else _x(r.get("vs_flower")), goal,
-                     _yes(r.get("meets_floor_goal")) if goal else "", _yes(r.get("meets_flower_goal")) if goal else ""])
+                     "1.00x" if floor_row else _with_runs(r, "x_floor"),
+                     "" if floor_row else _with_runs(r, "vs_flower"), goal,
+                     _yes(r.get("meets_floor_goal"), r.get("meets_floor_goal_runs"), n) if goal else "",
+                     _yes(r.get("meets_flower_goal"), r.get("meets_flower_goal_runs"), n) if goal else ""])
     table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     table += "".join("| " + " | ".join(row) + " |\n" for row in rows)
     machine = next(r for r in records if r["system"] == "machine")
@@ -70,10 +89,14 @@ def render_rounds(records: list[dict[str, Any]]) -> str:
     flower = [r for r in records if r.get("mode") and r.get("local_epochs") is not None]
     loads = [r["load_1m"] for r in records if r.get("load_1m") is not None]
     overhead = "; ".join(f"{r['system'].split(': ', 1)[1]}, {r['local_epochs']} epoch"
-                         f"{'s' if r['local_epochs'] > 1 else ''}: {r['overhead_s']:.3f} s" for r in flower)
+                         f"{'s' if r['local_epochs'] > 1 else ''}: {_seconds_with_runs(r, 'overhead_s')}"
+                         for r in flower)
+    repeats = records[0].get("repeats", 1)
     notes = (f"\nScope: badnet-mnist, 30 of MNIST's 539 writers per round (the same clients in every system, seed "
              f"0), batch 20, lr 0.1, FedAvg, no attack, no evaluation in the round; median over the timed rounds "
-             f"(the first round of each system is a warm-up). The floor is {floor['note']} (FlopCounterMode on a "
+             f"(the first round of each system is a warm-up); {repeats} whole comparison(s) run one after another, "
+             f"the table's values their median, a goal met only if met in every comparison. The floor is "
+             f"{floor['note']} (FlopCounterMode on a "
              f"training step; float32 matmul probe on the same threads, best of 512/1024/2048). Flower: 2 Ray "
              f"actors x 1 thread running the same local training code as the `processes` engine "
              f"(`engines.LocalTrainer`); per-round overhead (round minus the clients' own training time / 2 "
