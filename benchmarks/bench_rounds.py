@@ -13,8 +13,10 @@ the median over the timed rounds (the first round of each system, its warm-up, i
 start-up (imports, Ray, actors loading MNIST, up to the end of the untimed first round) and its per-round
 overhead (round_s - the clients' own training time / actors) are reported apart. Goals of issue 12: built-in
 within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's speed at 5 epochs and 2.8x at 1
-epoch (vs_flower: the best Flower set-up's round_s / this round_s). The 1-minute load average is recorded
-with every row (it includes this benchmark's own two busy processes)."""
+epoch (vs_flower: the best Flower set-up's round_s / this round_s). The whole comparison runs REPEATS (3)
+times in a row (`--quick`: once): each row gives the median over the comparisons, every comparison's value
+beside it (`*_runs`, `*_spread`), and a goal counts as met only when every comparison met it. The 1-minute
+load average is recorded with every row (it includes this benchmark's own two busy processes)."""
 
 from __future__ import annotations
 
