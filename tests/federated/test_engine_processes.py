@@ -71,6 +71,7 @@ def test_updates_are_bit_identical_to_the_sequential_engine_at_one_thread(fed, t
     w2 = w + 0.01 * ref[0]
     again = engine.train(model, w2, fed.dataset.images, fed.dataset.labels, indices[:3], seeds[:3], cfg)
     assert engine._pool is pool
+    assert torch.equal(got, ref)  # the first round's result is the caller's own, not the workers' shared buffer
     threads(1)
     assert torch.equal(again, SequentialEngine().train(model, w2, fed.dataset.images, fed.dataset.labels,
                                                        indices[:3], seeds[:3], cfg))

@@ -356,6 +356,15 @@ def _stop_workers(procs: list, tasks: Any) -> None:
             p.join(timeout=2.0)
 
 
+def _copy_one_thread(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst <- src without torch's thread pool: a parallel copy in the parent leaves its OpenMP threads spinning
+    on the cores the workers train on (measured: rounds 40% slower)."""
+    if src.dtype in (torch.float32, torch.float64) and src.device.type == "cpu":
+        np.copyto(dst.numpy(), src.numpy())
+    else:
+        dst.copy_(src)
+
+
 class _WorkerPool:
     """`workers` forked single-thread processes bound to one (model, images, labels, dtype, d); the start
     weights and the updates travel through shared memory, the tasks (row, sample indices, seed) through a
@@ -389,6 +398,10 @@ class _WorkerPool:
         order = sorted(range(n), key=lambda k: -len(indices[k]))  # longest first: the last clients are short
         params = (cfg.epochs, cfg.batch_size, cfg.lr)
         errors: list[str] = []
+        # each finished client's row is copied out while the others still train (the caller's result must not
+        # alias the shared buffer the next round overwrites); a clone of the whole buffer after the last client
+        # would sit on the round's critical path (34 MB for 30 badnet-mnist clients, 480 MB for 100 x 1.2M)
+        result = torch.empty((n, self.out.shape[1]), dtype=self.out.dtype)
         try:
             for k in order:
                 self.tasks.put((k, indices[k].to(torch.int64).cpu().numpy().tobytes(), int(seeds[k]), params,
@@ -396,7 +409,7 @@ class _WorkerPool:
             remaining = n
             while remaining:
                 try:
-                    _row, err = self.done.get(timeout=1.0)
+                    row, err = self.done.get(timeout=1.0)
                 except queue.Empty:
                     dead = [p.name for p in self.procs if not p.is_alive()]
                     if dead:
@@ -406,12 +419,14 @@ class _WorkerPool:
                 remaining -= 1
                 if err is not None:
                     errors.append(err)
+                else:
+                    _copy_one_thread(result[row], self.out[row])
         except BaseException:
             self.close()  # tasks may be left in the pipe: never reuse these workers
             raise
         if errors:
             raise RuntimeError(f"{len(errors)} client(s) failed in the processes engine; the first:\n{errors[0]}")
-        return self.out[:n].clone()
+        return result
 
 
 def _pool_key(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, d: int,
