@@ -11,7 +11,9 @@ batch-20 step) / a float32 matmul throughput probe on the same threads (the one-
 too). A round is sampling + local training + aggregation + applying the update (no evaluation); round_s is
 the median over the timed rounds (the first round of each system, its warm-up, is not timed). Flower's
 start-up (imports, Ray, actors loading MNIST, up to the end of the untimed first round) and its per-round
-overhead (round_s - the clients' own training time / actors) are reported apart. Goals of issue 12: built-in
+overhead (round_s - the clients' own training time / actors) are reported apart; the same split for the
+`processes` engine (train_s: its clients' training time, measured in the workers, / workers), and with it the
+speed over Flower that engine would reach with no per-round overhead at all (vs_flower_no_overhead). Goals of issue 12: built-in
 within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's speed at 5 epochs and 2.8x at 1
 epoch (vs_flower: the best Flower set-up's round_s / this round_s). The whole comparison runs REPEATS (3)
 times in a row (`--quick`: once): each row gives the median over the comparisons, every comparison's value
@@ -33,9 +35,10 @@ from typing import Any
 
 import torch
 
-COLUMNS = ["system", "local_epochs", "rounds", "samples_per_round", "round_s", "x_floor", "x_floor_spread",
-           "vs_flower", "vs_flower_spread", "goal", "load_1m", "note"]
-FORMATS = {"samples_per_round": ".0f", "round_s": ".3f", "x_floor": ".2f", "vs_flower": ".2f", "load_1m": ".2f"}
+COLUMNS = ["system", "local_epochs", "rounds", "samples_per_round", "round_s", "train_s", "x_floor",
+           "x_floor_spread", "vs_flower", "vs_flower_spread", "goal", "load_1m", "note"]
+FORMATS = {"samples_per_round": ".0f", "round_s": ".3f", "train_s": ".3f", "x_floor": ".2f", "vs_flower": ".2f",
+           "load_1m": ".2f"}
 
 SEED = 0
 CLIENTS = 30
@@ -48,8 +51,8 @@ GOAL_FLOWER = {1: 2.8, 5: 1.8}
 FLOWER_ACTORS = 2
 REPEATS = 3  # whole comparisons, one after another: the spread shows the machine's drift
 QUICK_REPEATS = 1
-RANGED = ("round_s", "x_floor", "vs_flower", "overhead_s", "startup_s", "shutdown_s", "import_s", "discovery_s",
-          "gflops", "gflops_one_thread", "load_1m", "setup_s")
+RANGED = ("round_s", "x_floor", "vs_flower", "train_s", "overhead_s", "vs_flower_no_overhead", "startup_s",
+          "shutdown_s", "import_s", "discovery_s", "gflops", "gflops_one_thread", "load_1m", "setup_s")
 
 
 def load() -> float:
@@ -111,9 +114,11 @@ def builtin(epochs: int, rounds: int, engine: str, cache: Any) -> dict[str, Any]
     fed = Federation.setup(scenario(epochs, rounds, engine), progress=False, cache=cache)
     setup_s = time.perf_counter() - t0
     pipe = RoundPipeline(fed)
-    times, samples, clients, positions = [], [], [], []
+    times, samples, clients, positions, train = [], [], [], [], []
     for rr in pipe.run():
         times.append(sum(v for k, v in rr.times.items() if k != "eval"))
+        if getattr(fed.engine, "trained_by", 0):  # the clients' own training, timed where they trained
+            train.append(sum(fed.engine.client_s) / fed.engine.trained_by)
         samples.append(int(fed.data.sizes()[rr.selection.sampled].sum()))
         clients.append(fed.client_ids(rr.selection.sampled))
         positions.append(list(rr.selection.sampled))
@@ -123,7 +128,7 @@ def builtin(epochs: int, rounds: int, engine: str, cache: Any) -> dict[str, Any]
     print(f"  built-in {engine} ({fed.engine_name}), {epochs} epoch(s): rounds {', '.join(f'{t:.3f}' for t in times)} s"
           f" (load {load():.2f})", file=sys.stderr, flush=True)
     return {"engine": fed.engine_name, "setup_s": setup_s, "engine_timing": fed.engine_timing, "times": times,
-            "samples": samples, "clients": clients, "positions": positions, "start_weights": fed.start_weights,
+            "train_per_worker_s": train, "samples": samples, "clients": clients, "positions": positions, "start_weights": fed.start_weights,
             "load_before": before,
             "load_after": load()}
 
@@ -283,7 +288,8 @@ def measure(quick: bool = False) -> list[dict]:
             compute = _median([t / FLOWER_ACTORS for t in f["client_train_s"]])
             flower_rows.append({"system": label[mode], "local_epochs": epochs, "rounds": len(f["times"]) - 1,
                                 "samples_per_round": spr, "round_s": round_s, "x_floor": round_s / floor_s,
-                                "load_1m": f["load_after"], "mode": mode, "overhead_s": round_s - compute,
+                                "load_1m": f["load_after"], "mode": mode, "train_s": compute,
+                                "overhead_s": round_s - compute,
                                 "times": f["times"], "client_train_s": f["client_train_s"]})
         best = min(r["round_s"] for r in flower_rows)
         for r in flower_rows:
@@ -300,15 +306,23 @@ def measure(quick: bool = False) -> list[dict]:
             if engine == "sequential":
                 note += f", {threads} torch threads"
             goal = f"<= {GOAL_FLOOR[epochs]}x floor, >= {GOAL_FLOWER[epochs]}x Flower"
+            timing = {}
+            if r["train_per_worker_s"]:
+                # the same split as Flower's rows: the clients' own training per worker and the rest of the
+                # round; best / train_s is the speed-up over Flower this engine would have with no overhead at
+                # all, when its clients train as fast as they do now
+                train_s = _median(r["train_per_worker_s"])
+                timing = {"train_s": train_s, "overhead_s": round_s - train_s,
+                          "vs_flower_no_overhead": best / train_s, "train_per_worker_s": r["train_per_worker_s"]}
             records.append({"system": name, "local_epochs": epochs, "rounds": len(r["times"]) - 1,
                             "samples_per_round": spr, "round_s": round_s, "x_floor": round_s / floor_s,
                             "vs_flower": best / round_s, "goal": goal if engine == "auto" else "",
-                            "load_1m": r["load_after"], "note": note, "times": r["times"],
+                            "load_1m": r["load_after"], "note": note, "engine_note": note, "times": r["times"],
                             "engine_timing": r["engine_timing"], "setup_s": r["setup_s"],
                             "meets_floor_goal": round_s / floor_s <= GOAL_FLOOR[epochs],
                             "meets_flower_goal": best / round_s >= GOAL_FLOWER[epochs],
                             "meets_goals": round_s / floor_s <= GOAL_FLOOR[epochs]
-                            and best / round_s >= GOAL_FLOWER[epochs]})
+                            and best / round_s >= GOAL_FLOWER[epochs], **timing})
         records.extend(flower_rows)
     for mode, fl in setups.items():
         records.append({"system": f"{label[mode]}: start-up", "load_1m": load_end, "mode": mode,
@@ -329,10 +343,15 @@ def measure(quick: bool = False) -> list[dict]:
 def _values(row: dict, key: str) -> str:
     """`key`'s value, with every run's value in brackets when the row combines several runs."""
     runs = row.get(f"{key}_runs")
-    value = f"{row[key]:.3g}" if key.endswith("_s") and row[key] < 1 else f"{row[key]:.1f}"
+
+    def text(v: float) -> str:
+        if key.startswith("vs_"):  # a ratio
+            return f"{v:.2f}"
+        return f"{v:.3g}" if key.endswith("_s") and v < 1 else f"{v:.1f}"
+
     if not runs or len(runs) < 2:
-        return value
-    return f"{value} (runs: {', '.join(f'{v:.3g}' if v < 1 else f'{v:.1f}' for v in runs)})"
+        return text(row[key])
+    return f"{text(row[key])} (runs: {', '.join(text(v) for v in runs)})"
 
 
 def describe(row: dict) -> None:
@@ -351,6 +370,9 @@ def describe(row: dict) -> None:
     elif row.get("mode"):
         row["note"] = (f"{FLOWER_ACTORS} Ray actors x 1 thread; per-round overhead {_values(row, 'overhead_s')} s "
                        f"(round - clients' training / {FLOWER_ACTORS})")
+    elif row.get("train_s") is not None and row.get("engine_note"):
+        row["note"] = (f"{row['engine_note']}; per-round overhead {_values(row, 'overhead_s')} s (round - clients' "
+                       f"training / workers); with none at all: {_values(row, 'vs_flower_no_overhead')}x Flower")
 
 
 def _spread(values: list[float]) -> str:
@@ -379,7 +401,7 @@ def combine(runs: list[list[dict]]) -> list[dict]:
             row["x_floor_spread"] = _spread(row["x_floor_runs"])
             if "vs_flower_runs" in row:
                 row["vs_flower_spread"] = _spread(row["vs_flower_runs"])
-        for name in ("times", "client_train_s"):
+        for name in ("times", "client_train_s", "train_per_worker_s"):
             if name in first:
                 row[name] = [r[name] for r in same]  # per run
         if first["system"] == "machine":

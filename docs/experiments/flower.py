@@ -68,7 +68,8 @@ def _with_runs(r: dict[str, Any], key: str) -> str:
 
 def render_rounds(records: list[dict[str, Any]]) -> str:
     rows = []
-    head = ["local epochs", "system", "rounds timed", "s / round", "x floor (per comparison)",
+    head = ["local epochs", "system", "rounds timed", "s / round", "clients' training / worker, s / round",
+            "x floor (per comparison)",
             "speed vs best Flower (per comparison)", "goal (issue 12)", "floor goal met?", "Flower goal met?"]
     for r in records:
         if r.get("local_epochs") is None:
@@ -77,6 +78,7 @@ def render_rounds(records: list[dict[str, Any]]) -> str:
         floor_row = r["system"].startswith("floor")
         n = r.get("repeats")
         rows.append([str(r["local_epochs"]), r["system"], str(r.get("rounds", "")), _s(r.get("round_s")),
+                     "" if r.get("train_s") is None else _seconds_with_runs(r, "train_s"),
                      "1.00x" if floor_row else _with_runs(r, "x_floor"),
                      "" if floor_row else _with_runs(r, "vs_flower"), goal,
                      _yes(r.get("meets_floor_goal"), r.get("meets_floor_goal_runs"), n) if goal else "",
@@ -91,6 +93,13 @@ def render_rounds(records: list[dict[str, Any]]) -> str:
     overhead = "; ".join(f"{r['system'].split(': ', 1)[1]}, {r['local_epochs']} epoch"
                          f"{'s' if r['local_epochs'] > 1 else ''}: {_seconds_with_runs(r, 'overhead_s')}"
                          for r in flower)
+    ceilings = "; ".join(f"{r['local_epochs']} epoch{'s' if r['local_epochs'] > 1 else ''}: overhead "
+                         f"{_seconds_with_runs(r, 'overhead_s')}, with none "
+                         f"{_with_runs(r, 'vs_flower_no_overhead')} Flower's speed"
+                         for r in records if r["system"] == "built-in auto" and r.get("train_s") is not None)
+    if ceilings:
+        ceilings = (f" The built-in `auto` engine split the same way (round minus its clients' training time, "
+                    f"measured in its workers, / workers): {ceilings}.")
     repeats = records[0].get("repeats", 1)
     notes = (f"\nScope: badnet-mnist, 30 of MNIST's 539 writers per round (the same clients in every system, seed "
              f"0), batch 20, lr 0.1, FedAvg, no attack, no evaluation in the round; median over the timed rounds "
@@ -100,7 +109,7 @@ def render_rounds(records: list[dict[str, Any]]) -> str:
              f"training step; float32 matmul probe on the same threads, best of 512/1024/2048). Flower: 2 Ray "
              f"actors x 1 thread running the same local training code as the `processes` engine "
              f"(`engines.LocalTrainer`); per-round overhead (round minus the clients' own training time / 2 "
-             f"actors): {overhead}. Start-up: " + " ".join(f"{r['system'].split(': ')[1]}: {r['note']}."
+             f"actors): {overhead}.{ceilings} Start-up: " + " ".join(f"{r['system'].split(': ')[1]}: {r['note']}."
                                                            for r in starts)
              + f" Machine: {machine['note']}; torch {records[0]['versions']['torch']}, {machine['cores']} cores "
              f"shared with other jobs: 1-minute load average {min(loads):.2f}-{max(loads):.2f} during the run "

@@ -66,11 +66,15 @@ def test_updates_are_bit_identical_to_the_sequential_engine_at_one_thread(fed, t
     assert engine._pool is not None and len(engine._pool.procs) == 2
     assert torch.linalg.vector_norm(ref, dim=1).min() > 0.05  # they really trained
     assert torch.equal(got, ref)
+    # each client's training time, measured in the worker that trained it, in the caller's order: the client
+    # of 131 images (7 batches an epoch) takes longer than the one of 19 (one batch)
+    assert engine.trained_by == 2 and len(engine.client_s) == 5 and min(engine.client_s) > 0
+    assert engine.client_s[1] > engine.client_s[0]
     # a second round reuses the workers, from new weights
     pool = engine._pool
     w2 = w + 0.01 * ref[0]
     again = engine.train(model, w2, fed.dataset.images, fed.dataset.labels, indices[:3], seeds[:3], cfg)
-    assert engine._pool is pool
+    assert engine._pool is pool and len(engine.client_s) == 3
     assert torch.equal(got, ref)  # the first round's result is the caller's own, not the workers' shared buffer
     threads(1)
     assert torch.equal(again, SequentialEngine().train(model, w2, fed.dataset.images, fed.dataset.labels,

@@ -332,13 +332,14 @@ def _worker_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
         if task is None:
             return
         row, index, seed, (epochs, batch_size, lr), max_steps = task
+        began = time.perf_counter()
         try:
             idx = torch.from_numpy(np.frombuffer(index, dtype=np.int64).copy())
             out[row] = _train_one(trainer, start, images, labels, idx, seed, LocalTraining(epochs, batch_size, lr),
                                   max_steps)
-            done.put((row, None))
+            done.put((row, None, time.perf_counter() - began))
         except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-            done.put((row, traceback.format_exc()))
+            done.put((row, traceback.format_exc(), time.perf_counter() - began))
 
 
 def _stop_workers(procs: list, tasks: Any) -> None:
@@ -386,6 +387,7 @@ class _WorkerPool:
         for p in self.procs:
             p.start()
         self.start_s = time.perf_counter() - started
+        self.client_s: list[float] = []  # the last run's training seconds per client, measured in the workers
         self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.tasks)
 
     def close(self) -> None:
@@ -402,6 +404,7 @@ class _WorkerPool:
         # alias the shared buffer the next round overwrites); a clone of the whole buffer after the last client
         # would sit on the round's critical path (34 MB for 30 badnet-mnist clients, 480 MB for 100 x 1.2M)
         result = torch.empty((n, self.out.shape[1]), dtype=self.out.dtype)
+        self.client_s = [0.0] * n
         try:
             for k in order:
                 self.tasks.put((k, indices[k].to(torch.int64).cpu().numpy().tobytes(), int(seeds[k]), params,
@@ -409,7 +412,7 @@ class _WorkerPool:
             remaining = n
             while remaining:
                 try:
-                    row, err = self.done.get(timeout=1.0)
+                    row, err, seconds = self.done.get(timeout=1.0)
                 except queue.Empty:
                     dead = [p.name for p in self.procs if not p.is_alive()]
                     if dead:
@@ -417,6 +420,7 @@ class _WorkerPool:
                                            f"(killed, or out of memory?)") from None
                     continue
                 remaining -= 1
+                self.client_s[row] = seconds
                 if err is not None:
                     errors.append(err)
                 else:
@@ -458,6 +462,10 @@ class ProcessEngine(Engine):
 
     def __init__(self) -> None:
         self._pool: _WorkerPool | None = None
+        # the last call's training seconds per client (measured where the client trained) and the number of
+        # processes that trained them: what a round costs beyond its clients' own training (benchmarks)
+        self.client_s: list[float] = []
+        self.trained_by = 0
 
     def workers(self) -> int:
         return torch.get_num_threads() if can_fork() else 1
@@ -484,9 +492,16 @@ class ProcessEngine(Engine):
         on_cpu = start.device.type == "cpu" and images.device.type == "cpu"
         if workers < 2 or not on_cpu:
             trainer = LocalTrainer(model)
-            return torch.stack([_train_one(trainer, start, images, labels, idx, s, cfg, max_steps)
-                                for idx, s in zip(indices, seeds, strict=True)])
-        return self.pool(model, images, labels, start, n, workers).run(start, indices, seeds, cfg, max_steps)
+            updates, self.client_s, self.trained_by = [], [], 1
+            for idx, s in zip(indices, seeds, strict=True):
+                began = time.perf_counter()
+                updates.append(_train_one(trainer, start, images, labels, idx, s, cfg, max_steps))
+                self.client_s.append(time.perf_counter() - began)
+            return torch.stack(updates)
+        pool = self.pool(model, images, labels, start, n, workers)
+        result = pool.run(start, indices, seeds, cfg, max_steps)
+        self.client_s, self.trained_by = list(pool.client_s), workers
+        return result
 
 
 def get_engine(name: str) -> Engine:
