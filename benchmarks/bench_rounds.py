@@ -372,7 +372,8 @@ def describe(row: dict) -> None:
                        f"(round - clients' training / {FLOWER_ACTORS})")
     elif row.get("train_s") is not None and row.get("engine_note"):
         row["note"] = (f"{row['engine_note']}; per-round overhead {_values(row, 'overhead_s')} s (round - clients' "
-                       f"training / workers); with none at all: {_values(row, 'vs_flower_no_overhead')}x Flower")
+                       f"training / workers); with no overhead at all {_values(row, 'vs_flower_no_overhead')} times Flower's "
+                       f"speed")
 
 
 def _spread(values: list[float]) -> str:

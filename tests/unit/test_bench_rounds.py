@@ -69,7 +69,8 @@ def test_combine_takes_medians_keeps_every_comparison_and_needs_every_one_to_mee
     # speed over Flower it would have without that
     assert auto["train_s_runs"] == [0.2, 0.2, 0.2] and auto["overhead_s"] == pytest.approx(0.03)
     assert auto["note"] == ("engine processes; per-round overhead 0.03 (runs: 0.02, 0.04, 0.03) s (round - "
-                            "clients' training / workers); with none at all: 3.20 (runs: 3.20, 3.20, 3.30)x Flower")
+                            "clients' training / workers); with no overhead at all 3.20 (runs: 3.20, 3.20, 3.30) "
+                            "times Flower's speed")
     floor = rows["floor (FLOPs / matmul probe)"]
     assert "x_floor_spread" not in floor and "220/216/225 GFLOP/s" in floor["note"]
     flower = rows["Flower x: 30 SuperNodes, virtual clients"]
