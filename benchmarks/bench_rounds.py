@@ -13,9 +13,10 @@ the median over the timed rounds (the first round of each system, its warm-up, i
 start-up (imports, Ray, actors loading MNIST, up to the end of the untimed first round) and its per-round
 overhead (round_s - the clients' own training time / actors) are reported apart; the same split for the
 `processes` engine (train_s: its clients' training time, measured in the workers, / workers), and with it the
-speed over Flower that engine would reach with no per-round overhead at all (vs_flower_no_overhead). Goals of issue 12: built-in
-within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's speed at 5 epochs and 2.8x at 1
-epoch (vs_flower: the best Flower set-up's round_s / this round_s). The whole comparison runs REPEATS (3)
+speed over Flower that engine would reach with no per-round overhead at all (vs_flower_no_overhead). Goals
+of issue 12: built-in within 2x the floor at 5 epochs and 2.5x at 1 epoch; at least 1.8x Flower's speed at 5
+epochs and 2.8x at 1 epoch (vs_flower: the best Flower set-up's round_s / this round_s). The whole
+comparison runs REPEATS (3)
 times in a row (`--quick`: once): each row gives the median over the comparisons, every comparison's value
 beside it (`*_runs`, `*_spread`), and a goal counts as met only when every comparison met it. The 1-minute
 load average is recorded with every row (it includes this benchmark's own two busy processes)."""
@@ -128,9 +129,8 @@ def builtin(epochs: int, rounds: int, engine: str, cache: Any) -> dict[str, Any]
     print(f"  built-in {engine} ({fed.engine_name}), {epochs} epoch(s): rounds {', '.join(f'{t:.3f}' for t in times)} s"
           f" (load {load():.2f})", file=sys.stderr, flush=True)
     return {"engine": fed.engine_name, "setup_s": setup_s, "engine_timing": fed.engine_timing, "times": times,
-            "train_per_worker_s": train, "samples": samples, "clients": clients, "positions": positions, "start_weights": fed.start_weights,
-            "load_before": before,
-            "load_after": load()}
+            "train_per_worker_s": train, "samples": samples, "clients": clients, "positions": positions,
+            "start_weights": fed.start_weights, "load_before": before, "load_after": load()}
 
 
 # ---- Flower (in a child process: its own Ray) --------------------------------------------------------------
@@ -371,9 +371,9 @@ def describe(row: dict) -> None:
         row["note"] = (f"{FLOWER_ACTORS} Ray actors x 1 thread; per-round overhead {_values(row, 'overhead_s')} s "
                        f"(round - clients' training / {FLOWER_ACTORS})")
     elif row.get("train_s") is not None and row.get("engine_note"):
-        row["note"] = (f"{row['engine_note']}; per-round overhead {_values(row, 'overhead_s')} s (round - clients' "
-                       f"training / workers); with no overhead at all {_values(row, 'vs_flower_no_overhead')} times Flower's "
-                       f"speed")
+        row["note"] = (f"{row['engine_note']}; per-round overhead {_values(row, 'overhead_s')} s (round - "
+                       f"clients' training / workers); with no overhead at all "
+                       f"{_values(row, 'vs_flower_no_overhead')} times Flower's speed")
 
 
 def _spread(values: list[float]) -> str:

@@ -69,8 +69,8 @@ def _with_runs(r: dict[str, Any], key: str) -> str:
 def render_rounds(records: list[dict[str, Any]]) -> str:
     rows = []
     head = ["local epochs", "system", "rounds timed", "s / round", "clients' training / worker, s / round",
-            "x floor (per comparison)",
-            "speed vs best Flower (per comparison)", "goal (issue 12)", "floor goal met?", "Flower goal met?"]
+            "x floor (per comparison)", "speed vs best Flower (per comparison)", "goal (issue 12)", "floor goal met?",
+            "Flower goal met?"]
     for r in records:
         if r.get("local_epochs") is None:
             continue
