@@ -22,6 +22,29 @@ def test_help_on_every_command(command, capsys, monkeypatch):
     assert code == 0 and "Usage" in out
 
 
+def _commands(command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_argument_has_help_and_help_shows_it(capsys, monkeypatch):
+    """Typer < 0.21 (flwr 1.42 pins it) loses every argument's help text with click >= 8.5 (pyproject pins
+    click below it); and a help text must survive Typer's Rich markup ("[matrix]" is a TOML table here)."""
+    import typer
+
+    from backdoor_arena.cli import build_app
+
+    root = typer.main.get_command(build_app())
+    missing = [f"{' '.join(path)} {p.name}" for path, c in _commands(root) for p in c.params
+               if isinstance(p, typer.core.TyperArgument) and not p.help]
+    assert not missing, f"arguments without help: {missing}"
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(["fl", "matrix", "--help"], capsys, monkeypatch)
+    assert code == 0 and "Matrix file: a scenario with a [matrix] table" in out
+    assert "aggregator of SCENARIO's [matrix] table" in out
+
+
 def test_module_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "backdoor_arena", "list"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

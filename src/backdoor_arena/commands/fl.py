@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
     @fl.command("matrix")
     def matrix_cmd(
-        scenario: Annotated[Path, typer.Argument(help="Matrix file: a scenario with a [matrix] table, e.g. "
+        scenario: Annotated[Path, typer.Argument(help="Matrix file: a scenario with a \\[matrix] table, e.g. "
                                                       "configs/fl/mixtailor-matrix.toml.")],
         overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: federation.rounds=5 ...")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (matrix.jsonl, matrix.png, matrix.md).")
@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the cell records as JSON lines.")] = False,
         overwrite: Overwrite = False, device: Device = "auto",
     ) -> None:
-        """Run every attack against every aggregator of SCENARIO's [matrix] table; a heatmap and worst cases."""
+        # "\\[": Typer renders help as Rich markup, where a bare [matrix] is a style tag and vanishes
+        """Run every attack against every aggregator of SCENARIO's \\[matrix] table; a heatmap and worst cases."""
         records = api.fl_matrix(scenario, out, overrides or [], progress=not quiet and not json_out,
                                 data_root=data_root, resume=resume, overwrite=overwrite, device=device)
         if json_out:
