@@ -83,14 +83,30 @@ def _md(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
-def _grid(records: list[dict], name: str, metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+def _per_seed(records: list[dict], name: str, metric: str
+              ) -> tuple[list[str], list[str], dict[tuple[str, str], dict[int, float]]]:
+    """Aggregator and attack labels in order, and (aggregator, attack) -> {seed: metric}."""
     rs = [r for r in records if r["matrix"] == name]
     aggs, atts = _labels(rs, "aggregator"), _labels(rs, "attack")
-    vals: dict[tuple[str, str], list[float]] = {}
+    vals: dict[tuple[str, str], dict[int, float]] = {}
     for r in rs:
         if r.get(metric) is not None:  # None: the attack could not run against the rule (r["error"] says why)
-            vals.setdefault((r["aggregator"], r["attack"]), []).append(r[metric])
-    return aggs, atts, {k: sum(v) / len(v) for k, v in vals.items()}
+            vals.setdefault((r["aggregator"], r["attack"]), {})[r["seed"]] = r[metric]
+    return aggs, atts, vals
+
+
+def _grid(records: list[dict], name: str, metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    """(aggregator, attack) -> the metric's mean over the seeds run."""
+    aggs, atts, vals = _per_seed(records, name, metric)
+    return aggs, atts, {k: sum(v.values()) / len(v) for k, v in vals.items()}
+
+
+def _cell(values: dict[int, float]) -> str:
+    """The mean over the seeds, with the range beside it when there are several."""
+    mean = sum(values.values()) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({min(values.values()):.2f}-{max(values.values()):.2f})"
 
 
 def _worst(aggs: list[str], atts: list[str], grid: dict, lower: bool) -> dict[str, tuple[str, float]]:
@@ -103,18 +119,21 @@ def _worst(aggs: list[str], atts: list[str], grid: dict, lower: bool) -> dict[st
 
 
 def render_matrix(records: list[dict], name: str, metric: str) -> str:
-    aggs, atts, grid = _grid(records, name, metric)
+    aggs, atts, vals = _per_seed(records, name, metric)
+    grid = {k: sum(v.values()) / len(v) for k, v in vals.items()}
     worst = _worst(aggs, atts, grid, metric == "clean_accuracy")
     rows = []
     for agg in aggs:
-        cells = [f"{grid[(agg, a)]:.3f}" if (agg, a) in grid else "n/a" for a in atts]
+        cells = [_cell(vals[(agg, a)]) if (agg, a) in vals else "n/a" for a in atts]
         w = worst.get(agg)
         rows.append([agg, *cells, f"**{w[1]:.3f}** ({w[0]})" if w else "—"])
     cmds = sorted({r["config"]["command"] for r in records if r["matrix"] == name})
     seeds = sorted({r["seed"] for r in records if r["matrix"] == name})
     what = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
+    spread = " (the mean over the seeds, their range in brackets; worst case: the attack with the worst mean)" \
+        if len(seeds) > 1 else ""
     return (_md(["aggregator", *atts, "worst case"], rows)
-            + f"\n{what}, seed(s) {', '.join(map(str, seeds))}. Made by `{'`, `'.join(cmds)}`.\n")
+            + f"\n{what}, seed(s) {', '.join(map(str, seeds))}{spread}. Made by `{'`, `'.join(cmds)}`.\n")
 
 
 # A tailored attack and the rules it was designed against (the papers' own claims).
@@ -129,26 +148,51 @@ TARGETS = {
 }
 
 
+def _seed_worst(vals: dict[tuple[str, str], dict[int, float]], agg: str, atts: list[str]) -> dict[int, float]:
+    """Per seed, the rule's lowest clean accuracy over the attacks (no attack excluded)."""
+    out: dict[int, float] = {}
+    for a in atts:
+        for seed, v in vals.get((agg, a), {}).items():
+            if a != "none":
+                out[seed] = min(out.get(seed, v), v)
+    return out
+
+
 def render_claims(records: list[dict]) -> str:
-    aggs, atts, grid = _grid(records, "mixtailor", "clean_accuracy")
+    aggs, atts, vals = _per_seed(records, "mixtailor", "clean_accuracy")
+    grid = {k: sum(v.values()) / len(v) for k, v in vals.items()}
+    seeds = sorted({s for v in vals.values() for s in v})
+    several = len(seeds) > 1
     rows = []
     for attack, rules in TARGETS.items():
         for rule in rules:
             if (rule, attack) not in grid or (rule, "none") not in grid:
                 continue
             base, hit = grid[(rule, "none")], grid[(rule, attack)]
+            drops = {s: vals[(rule, "none")][s] - vals[(rule, attack)][s] for s in seeds
+                     if s in vals[(rule, "none")] and s in vals[(rule, attack)]}
+            broken = sum(d >= BROKEN_DROP for d in drops.values())
             verdict = "broken" if base - hit >= BROKEN_DROP else "held"
-            rows.append([f"{attack} against {rule}", f"{base:.3f} -> {hit:.3f} ({100 * (hit - base):+.1f} pt)", verdict])
+            measured = f"{base:.3f} -> {hit:.3f} ({100 * (hit - base):+.1f} pt)"
+            if several:
+                measured += f"; per seed {' / '.join(f'{-100 * drops[s]:+.1f}' for s in sorted(drops))} pt"
+                verdict += f" (broken in {broken} of {len(drops)} seeds)"
+            rows.append([f"{attack} against {rule}", measured, verdict])
     worst = _worst(aggs, atts, grid, True)
     mix = next((a for a in aggs if a.startswith("mixtailor")), None)
     members = [a for a in aggs if a.split("(")[0] in ("krum", "coordinate-median", "geometric-median", "bulyan")]
     if mix and mix in worst and members:
         m_worst = {a: worst[a][1] for a in members if a in worst}
         below = [a for a, v in m_worst.items() if v < worst[mix][1]]
+        verdict = f"{len(below)} of {len(m_worst)} members worse than MixTailor"
+        if several:  # the same comparison within each seed: each rule's worst attack in that seed
+            mix_seed = _seed_worst(vals, mix, atts)
+            counts = {a: sum(_seed_worst(vals, a, atts).get(s, 1.0) < mix_seed[s] for s in mix_seed) for a in m_worst}
+            verdict += "; per seed, worse than MixTailor in " + ", ".join(
+                f"{a} {k} of {len(mix_seed)}" for a, k in counts.items())
         rows.append(["MixTailor's worst case is better than the worst case of every rule it mixes",
                      f"MixTailor {worst[mix][1]:.3f} ({worst[mix][0]}); members: "
-                     + ", ".join(f"{a} {v:.3f}" for a, v in m_worst.items()),
-                     f"{len(below)} of {len(m_worst)} members worse than MixTailor"])
+                     + ", ".join(f"{a} {v:.3f}" for a, v in m_worst.items()), verdict])
         ref = grid.get(("fedavg", "none"))
         if ref is not None:
             gap = worst[mix][1] - ref
@@ -157,7 +201,8 @@ def render_claims(records: list[dict]) -> str:
                          "yes" if gap >= -0.02 else "no"])
     return _md(["claim", "measured here (final clean accuracy, none -> attacked)", "verdict"], rows) + (
         f"\n\"broken\": the attack costs at least {int(100 * BROKEN_DROP)} points of clean accuracy against the rule "
-        "it targets, relative to the same rule without attack (one seed; the untargeted matrix above).\n")
+        f"it targets, relative to the same rule without attack (the mean over seed(s) {', '.join(map(str, seeds))} "
+        "of the untargeted matrix above; per seed, the same rule in the same seed).\n")
 
 
 def render_bench(records: list[dict]) -> str:
