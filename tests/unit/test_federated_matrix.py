@@ -139,3 +139,42 @@ def test_round_records_carry_mixtailors_draw_and_fltrust_trains_on_root_data_out
     pipe = RoundPipeline(fed)
     g0 = pipe.server_update(1)
     assert g0.shape == pipe.weights.shape and float(g0.norm()) > 0
+
+
+def test_a_matrix_on_the_processes_executor_equals_the_one_run_here_and_resumes(tmp_path, data_root):
+    """Cells as parallel sweep jobs (one thread each): the same records as one after another at one thread."""
+    from backdoor_arena.federated.matrix import load_matrix
+    from backdoor_arena.sweep import Executor
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX.replace("rounds = 3", "rounds = 2").replace("eval_every = 3", "eval_every = 2"))
+    matrix = load_matrix(path)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = run_matrix(matrix, tmp_path / "here", progress=False, data_root=data_root)
+    finally:
+        torch.set_num_threads(previous)
+    seen = []
+    pooled = run_matrix(matrix, tmp_path / "pool", progress=False, data_root=data_root,
+                        executor=Executor("processes", jobs=2, threads=2), on_cell=lambda c, r: seen.append(c))
+    assert len(seen) == 4 and len(list((tmp_path / "pool" / "sweep" / "records").glob("*.json"))) == 4
+    keys = ("run_id", "aggregator", "attack", "clean_accuracy", "attack_success_rate", "seed")
+    assert [{k: r[k] for k in keys} for r in pooled] == [{k: r[k] for k in keys} for r in here]
+    assert (tmp_path / "pool" / "matrix.png").stat().st_size > 0
+    assert len((tmp_path / "pool" / "matrix.jsonl").read_text().splitlines()) == 4
+    # each cell's round records in its own folder, as when run here
+    rounds = {where: {p.relative_to(tmp_path / where): len(p.read_text().splitlines())
+                      for p in (tmp_path / where / "cells").glob("*/records.jsonl")} for where in ("here", "pool")}
+    assert len(rounds["pool"]) == 4 and rounds["pool"] == rounds["here"]
+    again = run_matrix(matrix, tmp_path / "pool", progress=False, data_root=data_root,
+                       executor=Executor("processes", jobs=2, threads=2), on_cell=lambda c, r: seen.append(c))
+    assert len(seen) == 4 and [r["run_id"] for r in again] == [r["run_id"] for r in pooled]  # nothing rerun
+
+
+def test_the_processes_executor_needs_a_matrix_file(tmp_path, data_root):
+    from backdoor_arena.sweep import Executor
+
+    with pytest.raises(ConfigError, match="matrix file"):
+        run_matrix(loads_matrix(MATRIX), tmp_path, progress=False, data_root=data_root,
+                   executor=Executor("processes", jobs=2))

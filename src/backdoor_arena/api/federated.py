@@ -53,11 +53,12 @@ def fl_run(scenario: str | Path, out: str | Path, overrides: list[str] | None = 
 
 def fl_matrix(scenario: str | Path, out: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
               data_root: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-              device: str = "auto") -> list[dict]:
+              device: str = "auto", executor: Executor | None = None) -> list[dict]:
     """Run a matrix file (a scenario with a [matrix] table) into `out`: out/matrix.jsonl (one record per cell),
     cells/*/records.jsonl, matrix.png, matrix.md. With `resume`, cells already recorded in `out` are kept and
-    skipped; otherwise an existing non-empty `out` needs `overwrite`. `device`: auto | cpu (the simulator
-    trains on the CPU so far), recorded in OUT/device.json."""
+    skipped; otherwise an existing non-empty `out` needs `overwrite`. `executor` (processes, ray) runs the
+    cells in parallel, one sweep job each (OUT/sweep/); the default runs them one after another here.
+    `device`: auto | cpu (the simulator trains on the CPU so far), recorded in OUT/device.json."""
     dev = _fl_device(device, "fl matrix")
     matrix = fl_matrix_module.load_matrix(Path(scenario), list(overrides or []))
     out = Path(out)
@@ -67,7 +68,7 @@ def fl_matrix(scenario: str | Path, out: str | Path, overrides: list[str] | None
             (out / "matrix.jsonl").unlink()
     with output_folder(out):
         atomic_write_text(out / "device.json", json.dumps(dev, indent=1, sort_keys=True))
-        return fl_matrix_module.run_matrix(matrix, out, progress=progress, data_root=data_root)
+        return fl_matrix_module.run_matrix(matrix, out, progress=progress, data_root=data_root, executor=executor)
 
 
 @sweep_job("fl-seed")

@@ -63,11 +63,14 @@ def register(app: typer.Typer) -> None:
         quiet: Quiet = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the cell records as JSON lines.")] = False,
         overwrite: Overwrite = False, device: Device = "auto",
+        executor: ExecutorName = "local", jobs: Jobs = None, address: RayAddress = None,
     ) -> None:
         # "\\[": Typer renders help as Rich markup, where a bare [matrix] is a style tag and vanishes
-        """Run every attack against every aggregator of SCENARIO's \\[matrix] table; a heatmap and worst cases."""
+        """Run every attack against every aggregator of SCENARIO's \\[matrix] table; a heatmap and worst cases.
+        With --executor processes|ray every cell is a parallel sweep job (OUT/sweep/)."""
         records = api.fl_matrix(scenario, out, overrides or [], progress=not quiet and not json_out,
-                                data_root=data_root, resume=resume, overwrite=overwrite, device=device)
+                                data_root=data_root, resume=resume, overwrite=overwrite, device=device,
+                                executor=make_executor(executor, jobs, address))
         if json_out:
             for r in records:
                 typer.echo(json.dumps(r, sort_keys=True, default=str))

@@ -12,14 +12,17 @@ worst case per aggregator.
 The rest of the file is an ordinary scenario (its own [attack] and [aggregator] tables are replaced per cell).
 An attack named "none" runs the round with every client honest. A cell whose attack cannot run against its
 rule (a ConfigError, e.g. the adaptive attack against FLTrust, whose root data is private) is recorded with its
-reason and no metrics, and the matrix goes on. Cells run one after another in one process
-and share a `FederationCache` (data, pre-training, engine choice); a cell whose record is already in
-out/matrix.jsonl (same run id) is skipped, so an interrupted matrix resumes where it stopped.
+reason and no metrics, and the matrix goes on. By default cells run one after another in one process and
+share a `FederationCache` (data, pre-training, engine choice); with a sweep executor (`--executor processes`
+or `ray`) every cell is a sweep job (OUT/sweep/), run in parallel, each worker process keeping its own cache.
+A cell whose record is already in out/matrix.jsonl (same run id) is skipped, so an interrupted matrix
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..records import Record, read_jsonl, run_id, write_jsonl
 from ..runtime import versions
+from ..sweep import Executor, Job, JobContext, SweepResult, run_sweep, sweep_job
 from .components import short_repr
 from .config import Scenario, _parse_toml, _set_dotted, build_scenario, parse_overrides, read_toml, shown_source
 from .pipeline import FederationCache, check_scenario_data
@@ -68,6 +72,7 @@ class Matrix:
     attacks: tuple[tuple[str, dict[str, Any]], ...]  # (label, component table)
     aggregators: tuple[tuple[str, dict[str, Any]], ...]
     source: str = ""
+    overrides: tuple[str, ...] = ()  # applied to the file at `source` (sweep workers rebuild the cells from both)
 
     def cells(self) -> list[Cell]:
         out = []
@@ -151,7 +156,7 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     raw = read_toml(path)
     for key, value in parse_overrides(list(overrides or [])).items():
         _set_dotted(raw, key, value)
-    return build_matrix(raw, str(path))
+    return dataclasses.replace(build_matrix(raw, str(path)), overrides=tuple(overrides or ()))
 
 
 def loads_matrix(text: str, source: str = "matrix") -> Matrix:
@@ -170,12 +175,45 @@ def _cell_record(cell: Cell, summary: dict[str, Any], wall: float) -> Record:
     return Record(VERB, cell.config, cell.seed, metrics, subject, versions())
 
 
+def run_cell(cell: Cell, folder: Path, data_root: str | Path | None, cache: FederationCache) -> dict[str, Any]:
+    """One cell's federated run into `folder`, as its matrix record; a cell whose attack cannot run against
+    its rule (a ConfigError, e.g. it needs the server's private data) is a record with the reason, no metrics."""
+    from .simulation import simulate
+
+    started = time.perf_counter()
+    try:
+        res = simulate(cell.scenario, folder, progress=False, data_root=data_root,
+                       label=f"{cell.aggregator} x {cell.attack}", cache=cache)
+    except ConfigError as exc:
+        record = Record(VERB, cell.config, cell.seed, {"clean_accuracy": None, "attack_success_rate": None,
+                                                        "wall_s": round(time.perf_counter() - started, 2)},
+                        {"aggregator": cell.aggregator, "attack": cell.attack, "error": str(exc)}, versions())
+    else:
+        record = _cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started)
+    return {**record.to_dict(), "run_id": cell.run_id}
+
+
+def _cell_folder(out: Path, cell: Cell) -> Path:
+    from .simulation import variant_dir
+
+    return out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")
+
+
+def _progress_line(i: int, n: int, cell: Cell, record: dict[str, Any]) -> str:
+    if record.get("error"):
+        return f"[{i + 1}/{n}] {cell.aggregator} x {cell.attack}: not applicable ({record['error']})"
+    return (f"[{i + 1}/{n}] {cell.aggregator} x {cell.attack} seed {cell.seed}: clean {record['clean_accuracy']:.3f} "
+            f"asr {record['attack_success_rate']:.3f} ({record['wall_s']:.0f} s)")
+
+
 def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_root: str | Path | None = None,
-               on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+               on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+               executor: Executor | None = None) -> list[dict[str, Any]]:
     """Run every cell not yet in out/matrix.jsonl; write the records, cells/<n>/records.jsonl (rounds), the
-    heatmap (matrix.png) and the table (matrix.md). Returns every cell's record dict."""
+    heatmap (matrix.png) and the table (matrix.md). Returns every cell's record dict. `executor` (processes,
+    ray) runs the cells as parallel sweep jobs (OUT/sweep/); a matrix loaded from a file only, since the
+    workers rebuild their cells from it. `on_cell(cell, record)` is called for each new cell, in cell order."""
     from . import plots
-    from .simulation import simulate, variant_dir
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,43 +223,73 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True, data_r
     cache = FederationCache()
     check_scenario_data(matrix.base, data_root, cache)
     cells = matrix.cells()
+    pending = [c for c in cells if c.run_id not in done]
+    parallel = executor is not None and executor.name != "local"
+    new, sweep = _run_as_sweep(matrix, pending, out, executor, progress, data_root) if parallel and pending \
+        else ({}, None)
     results: list[dict[str, Any]] = []
     for i, cell in enumerate(cells):
         if cell.run_id in done:  # labels as this matrix file names them now
             results.append({**done[cell.run_id], "run_id": cell.run_id, "aggregator": cell.aggregator,
                             "attack": cell.attack})
             continue
-        started = time.perf_counter()
-        folder = out / "cells" / variant_dir(f"{cell.aggregator}__{cell.attack}__seed{cell.seed}")
-        try:
-            res = simulate(cell.scenario, folder, progress=False, data_root=data_root,
-                           label=f"{cell.aggregator} x {cell.attack}", cache=cache)
-        except ConfigError as exc:  # this attack cannot run against this rule (e.g. it needs private data)
-            record = {**Record(VERB, cell.config, cell.seed, {"clean_accuracy": None, "attack_success_rate": None,
-                                                               "wall_s": round(time.perf_counter() - started, 2)},
-                               {"aggregator": cell.aggregator, "attack": cell.attack, "error": str(exc)},
-                               versions()).to_dict(), "run_id": cell.run_id}
-            results.append(record)
-            write_jsonl(records_path, [record], append=True)
-            if progress:
-                print(f"[{i + 1}/{len(cells)}] {cell.aggregator} x {cell.attack}: not applicable ({exc})", flush=True)
-            continue
-        record = {**_cell_record(cell, {**res.summary, "engine": res.engine}, time.perf_counter() - started).to_dict(),
-                  "run_id": cell.run_id}
+        if parallel:
+            if cell.run_id not in new:  # its job failed: the sweep says why once every cell is in
+                continue
+            record = new[cell.run_id]
+        else:
+            record = run_cell(cell, _cell_folder(out, cell), data_root, cache)
         results.append(record)
         write_jsonl(records_path, [record], append=True)
         if on_cell is not None:
             on_cell(cell, record)
-        elif progress:
-            print(f"[{i + 1}/{len(cells)}] {cell.aggregator} x {cell.attack} seed {cell.seed}: "
-                  f"clean {record['clean_accuracy']:.3f} asr {record['attack_success_rate']:.3f} "
-                  f"({record['wall_s']:.0f} s)", flush=True)
+        elif progress and not parallel:
+            print(_progress_line(i, len(cells), cell, record), flush=True)
     aggregators, attacks = [a for a, _ in matrix.aggregators], [a for a, _ in matrix.attacks]
     means = cell_means(results, matrix.metric)
     worst = worst_cases(results, matrix.metric, aggregators, attacks)
     plots.plot_matrix(out / "matrix.png", means, worst, matrix.metric, aggregators, attacks, title=matrix.base["name"])
     (out / "matrix.md").write_text(plots.matrix_markdown(means, worst, matrix.metric, aggregators, attacks))
+    if sweep is not None:  # after the finished cells are recorded: a rerun retries only the failed ones
+        sweep.raise_for_failures()
     return results
+
+
+def _run_as_sweep(matrix: Matrix, pending: list[Cell], out: Path, executor: Executor, progress: bool,
+                  data_root: str | Path | None) -> tuple[dict[str, dict[str, Any]], SweepResult]:
+    """The pending cells as sweep jobs: {run id: matrix record} of those that finished, and the sweep."""
+    source = Path(matrix.source) if matrix.source else None
+    if source is None or not source.is_file():
+        raise ConfigError(f"--executor {executor.name} runs each cell in a worker that reads the matrix file again; "
+                          f"load the matrix from a file (got {matrix.source or 'text'!r}), or use --executor local")
+    paths = {"matrix": str(source.resolve())} | ({"data_root": str(Path(data_root).resolve())} if data_root else {})
+    jobs = [Job(CELL_JOB, {"cell": c.run_id, "scenario": c.scenario.to_dict(), "overrides": list(matrix.overrides)},
+                seed=c.seed, label=f"{c.aggregator} x {c.attack} seed {c.seed}",
+                paths={**paths, "folder": str(_cell_folder(out, c).resolve())}) for c in pending]
+    result = run_sweep(jobs, out / "sweep", executor, progress=progress, desc="fl matrix")
+    by_job = result.by_id()
+    return {c.run_id: by_job[j.id]["cell"] for c, j in zip(pending, jobs, strict=True) if j.id in by_job}, result
+
+
+CELL_JOB = "fl-matrix-cell"
+_WORKER_CACHE = FederationCache()  # a sweep worker's data and pre-training, kept for its next cells
+_WORKER_MATRICES: dict[tuple, Matrix] = {}
+
+
+@sweep_job(CELL_JOB)
+def run_cell_job(ctx: JobContext) -> dict[str, Any]:
+    """Sweep job: one matrix cell, rebuilt from the matrix file and its overrides (never from the job's config,
+    which only names it), run into its folder."""
+    path = Path(ctx.paths["matrix"])
+    key = (str(path), tuple(ctx.config["overrides"]), path.read_bytes())
+    if key not in _WORKER_MATRICES:
+        _WORKER_MATRICES.clear()
+        _WORKER_MATRICES[key] = load_matrix(path, list(ctx.config["overrides"]))
+    cell = next((c for c in _WORKER_MATRICES[key].cells() if c.run_id == ctx.config["cell"]), None)
+    if cell is None:
+        raise ConfigError(f"the matrix file {path} changed since the run started and has no cell {ctx.label} now; "
+                          "run the command again")
+    return {"cell": run_cell(cell, Path(ctx.paths["folder"]), ctx.paths.get("data_root"), _WORKER_CACHE)}
 
 
 def cell_means(records: list[dict[str, Any]], metric: str) -> dict[tuple[str, str], tuple[float, float, float, int]]:
