@@ -1,8 +1,9 @@
 """The tables and heatmaps of docs/robust-aggregation.md: the two attack x aggregator matrices and the
 aggregation benchmark, from records.
 
-    BACKDOOR_ARENA_DATA=../shared/data BACKDOOR_ARENA_THREADS=1 .venv/bin/python docs/experiments/robust_matrix.py
-        # runs (resuming) `backdoor-arena fl matrix` on configs/fl/mixtailor-matrix.toml and
+    BACKDOOR_ARENA_DATA=../shared/data .venv/bin/python docs/experiments/robust_matrix.py
+        # runs (resuming) `backdoor-arena fl matrix --executor processes` (one one-thread job per core, each
+        # cell a job) on configs/fl/mixtailor-matrix.toml and
         # configs/fl/backdoor-matrix.toml, copies their heatmaps to docs/figures/federated/, writes
         # docs/records/fl_matrix.jsonl (one slim record per cell) and, if benchmarks/results/aggregators.json
         # exists, docs/records/bench_aggregators.jsonl; then `python docs/tables.py` renders the page.
@@ -48,7 +49,7 @@ def run(names: list[str], execute: bool = True) -> None:
     kept = [r for r in read_jsonl(MATRIX_RECORDS) if r["matrix"] not in names] if MATRIX_RECORDS.is_file() else []
     for name in names:
         config, out = MATRICES[name]
-        command = f"backdoor-arena fl matrix {config} --out {out} --resume"
+        command = f"backdoor-arena fl matrix {config} --out {out} --resume --executor processes"
         if execute:
             subprocess.run([str(exe), *command.split()[1:]], check=True, cwd=ROOT)
         cells = {c.run_id: c for c in load_matrix(ROOT / config).cells()}
@@ -130,7 +131,7 @@ def render_matrix(records: list[dict], name: str, metric: str) -> str:
     cmds = sorted({r["config"]["command"] for r in records if r["matrix"] == name})
     seeds = sorted({r["seed"] for r in records if r["matrix"] == name})
     what = "final clean accuracy" if metric == "clean_accuracy" else "final attack success rate"
-    spread = " (the mean over the seeds, their range in brackets; worst case: the attack with the worst mean)" \
+    spread = " (the mean over the seeds, their range beside it; worst case: the attack with the worst mean)" \
         if len(seeds) > 1 else ""
     return (_md(["aggregator", *atts, "worst case"], rows)
             + f"\n{what}, seed(s) {', '.join(map(str, seeds))}{spread}. Made by `{'`, `'.join(cmds)}`.\n")
