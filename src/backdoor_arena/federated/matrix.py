@@ -273,7 +273,7 @@ def _run_as_sweep(matrix: Matrix, pending: list[Cell], out: Path, executor: Exec
 
 CELL_JOB = "fl-matrix-cell"
 _WORKER_CACHE = FederationCache()  # a sweep worker's data and pre-training, kept for its next cells
-_WORKER_MATRICES: dict[tuple, Matrix] = {}
+_WORKER_CELLS: dict[tuple, dict[str, Cell]] = {}  # the matrix file (path, overrides, bytes) -> its cells by run id
 
 
 @sweep_job(CELL_JOB)
@@ -282,10 +282,10 @@ def run_cell_job(ctx: JobContext) -> dict[str, Any]:
     which only names it), run into its folder."""
     path = Path(ctx.paths["matrix"])
     key = (str(path), tuple(ctx.config["overrides"]), path.read_bytes())
-    if key not in _WORKER_MATRICES:
-        _WORKER_MATRICES.clear()
-        _WORKER_MATRICES[key] = load_matrix(path, list(ctx.config["overrides"]))
-    cell = next((c for c in _WORKER_MATRICES[key].cells() if c.run_id == ctx.config["cell"]), None)
+    if key not in _WORKER_CELLS:
+        _WORKER_CELLS.clear()
+        _WORKER_CELLS[key] = {c.run_id: c for c in load_matrix(path, list(ctx.config["overrides"])).cells()}
+    cell = _WORKER_CELLS[key].get(ctx.config["cell"])
     if cell is None:
         raise ConfigError(f"the matrix file {path} changed since the run started and has no cell {ctx.label} now; "
                           "run the command again")
