@@ -178,3 +178,17 @@ def test_the_processes_executor_needs_a_matrix_file(tmp_path, data_root):
     with pytest.raises(ConfigError, match="matrix file"):
         run_matrix(loads_matrix(MATRIX), tmp_path, progress=False, data_root=data_root,
                    executor=Executor("processes", jobs=2))
+
+
+def test_a_cell_job_whose_matrix_file_changed_says_so(tmp_path):
+    from backdoor_arena.federated.matrix import load_matrix, run_cell_job
+    from backdoor_arena.sweep import JobContext
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    cell = load_matrix(path).cells()[0]
+    path.write_text(MATRIX.replace("rounds = 3", "rounds = 4"))  # edited after the jobs were made
+    ctx = JobContext({"cell": cell.run_id, "scenario": cell.scenario.to_dict(), "overrides": []}, cell.seed,
+                     "fedavg x none seed 0", {"matrix": str(path), "folder": str(tmp_path / "c")}, lambda m: None)
+    with pytest.raises(ConfigError, match="changed since the run started"):
+        run_cell_job(ctx)
