@@ -272,8 +272,27 @@ def _run_as_sweep(matrix: Matrix, pending: list[Cell], out: Path, executor: Exec
 
 
 CELL_JOB = "fl-matrix-cell"
-_WORKER_CACHE = FederationCache()  # a sweep worker's data and pre-training, kept for its next cells
-_WORKER_CELLS: dict[tuple, dict[str, Cell]] = {}  # the matrix file (path, overrides, bytes) -> its cells by run id
+
+
+class MatrixWorker:
+    """What a sweep worker process keeps between the matrix cells it runs: the data and pre-training
+    (`FederationCache`, as the cells of a local run share one) and the cells of the matrix file it read last.
+    One `MATRIX_WORKER` per process, used by the sweep job only; the driver and the rest of the package never
+    touch it (cf. flower.ClientProcess)."""
+
+    def __init__(self) -> None:
+        self.cache = FederationCache()
+        self.file: tuple | None = None  # (path, overrides, bytes) of the matrix file read last
+        self.cells: dict[str, Cell] = {}
+
+    def cell(self, path: Path, overrides: list[str], cell_id: str) -> Cell | None:
+        key = (str(path), tuple(overrides), path.read_bytes())
+        if key != self.file:
+            self.file, self.cells = key, {c.run_id: c for c in load_matrix(path, overrides).cells()}
+        return self.cells.get(cell_id)
+
+
+MATRIX_WORKER = MatrixWorker()
 
 
 @sweep_job(CELL_JOB)
@@ -281,15 +300,11 @@ def run_cell_job(ctx: JobContext) -> dict[str, Any]:
     """Sweep job: one matrix cell, rebuilt from the matrix file and its overrides (never from the job's config,
     which only names it), run into its folder."""
     path = Path(ctx.paths["matrix"])
-    key = (str(path), tuple(ctx.config["overrides"]), path.read_bytes())
-    if key not in _WORKER_CELLS:
-        _WORKER_CELLS.clear()
-        _WORKER_CELLS[key] = {c.run_id: c for c in load_matrix(path, list(ctx.config["overrides"])).cells()}
-    cell = _WORKER_CELLS[key].get(ctx.config["cell"])
+    cell = MATRIX_WORKER.cell(path, list(ctx.config["overrides"]), ctx.config["cell"])
     if cell is None:
         raise ConfigError(f"the matrix file {path} changed since the run started and has no cell {ctx.label} now; "
                           "run the command again")
-    return {"cell": run_cell(cell, Path(ctx.paths["folder"]), ctx.paths.get("data_root"), _WORKER_CACHE)}
+    return {"cell": run_cell(cell, Path(ctx.paths["folder"]), ctx.paths.get("data_root"), MATRIX_WORKER.cache)}
 
 
 def cell_means(records: list[dict[str, Any]], metric: str) -> dict[tuple[str, str], tuple[float, float, float, int]]:
