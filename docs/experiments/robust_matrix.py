@@ -96,15 +96,18 @@ def _per_seed(records: list[dict], name: str, metric: str
     return aggs, atts, vals
 
 
-def _grid(records: list[dict], name: str, metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+def _mean(values: dict[int, float]) -> float:
+    return sum(values.values()) / len(values)
+
+
+def _means(vals: dict[tuple[str, str], dict[int, float]]) -> dict[tuple[str, str], float]:
     """(aggregator, attack) -> the metric's mean over the seeds run."""
-    aggs, atts, vals = _per_seed(records, name, metric)
-    return aggs, atts, {k: sum(v.values()) / len(v) for k, v in vals.items()}
+    return {k: _mean(v) for k, v in vals.items()}
 
 
 def _cell(values: dict[int, float]) -> str:
     """The mean over the seeds, with the range beside it when there are several."""
-    mean = sum(values.values()) / len(values)
+    mean = _mean(values)
     if len(values) < 2:
         return f"{mean:.3f}"
     return f"{mean:.3f} ({min(values.values()):.2f}-{max(values.values()):.2f})"
@@ -121,7 +124,7 @@ def _worst(aggs: list[str], atts: list[str], grid: dict, lower: bool) -> dict[st
 
 def render_matrix(records: list[dict], name: str, metric: str) -> str:
     aggs, atts, vals = _per_seed(records, name, metric)
-    grid = {k: sum(v.values()) / len(v) for k, v in vals.items()}
+    grid = _means(vals)
     worst = _worst(aggs, atts, grid, metric == "clean_accuracy")
     rows = []
     for agg in aggs:
@@ -161,7 +164,7 @@ def _seed_worst(vals: dict[tuple[str, str], dict[int, float]], agg: str, atts: l
 
 def render_claims(records: list[dict]) -> str:
     aggs, atts, vals = _per_seed(records, "mixtailor", "clean_accuracy")
-    grid = {k: sum(v.values()) / len(v) for k, v in vals.items()}
+    grid = _means(vals)
     seeds = sorted({s for v in vals.values() for s in v})
     several = len(seeds) > 1
     rows = []

@@ -303,9 +303,15 @@ class LocalTrainer:
 
 
 def _train_one(trainer: LocalTrainer, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-               index: torch.Tensor, seed: int, cfg: LocalTraining, max_steps: int | None) -> torch.Tensor:
+               index: torch.Tensor, seed: int, cfg: LocalTraining, max_steps: int | None,
+               seconds: list[float] | None = None) -> torch.Tensor:
+    """One client's update; its training time is appended to `seconds` when given."""
+    began = time.perf_counter()
     with seeded(dropout_seed(seed)):
-        return trainer(start, images, labels, index, seed, cfg, max_steps)
+        update = trainer(start, images, labels, index, seed, cfg, max_steps)
+    if seconds is not None:
+        seconds.append(time.perf_counter() - began)
+    return update
 
 
 def can_fork() -> bool:
@@ -492,12 +498,9 @@ class ProcessEngine(Engine):
         on_cpu = start.device.type == "cpu" and images.device.type == "cpu"
         if workers < 2 or not on_cpu:
             trainer = LocalTrainer(model)
-            updates, self.client_s, self.trained_by = [], [], 1
-            for idx, s in zip(indices, seeds, strict=True):
-                began = time.perf_counter()
-                updates.append(_train_one(trainer, start, images, labels, idx, s, cfg, max_steps))
-                self.client_s.append(time.perf_counter() - began)
-            return torch.stack(updates)
+            self.client_s, self.trained_by = [], 1
+            return torch.stack([_train_one(trainer, start, images, labels, idx, s, cfg, max_steps, self.client_s)
+                                for idx, s in zip(indices, seeds, strict=True)])
         pool = self.pool(model, images, labels, start, n, workers)
         result = pool.run(start, indices, seeds, cfg, max_steps)
         self.client_s, self.trained_by = list(pool.client_s), workers
